@@ -1,0 +1,82 @@
+"""Export a trained `FlowModel` as a TensorFlow SavedModel for serving.
+
+The SavedModel holds only TensorFlow graphs and variables: `tf.saved_model.load(path)`
+serves it without tfpflows, Keras or TFP installed. Signatures:
+
+* `log_prob(x) -> [batch]` float32, in the units of the training data (for 8-bit images,
+  pixel values as floats in `[0, 256)`, so bits/dim `= -log_prob / (D ln 2)`).
+  `serving_default` is `log_prob`.
+* `sample(n, temperature) -> [n, *event_shape]`: temperature scales the base standard
+  deviation as in Glow (1.0 is the model itself). Each call draws afresh from a
+  `tf.random.Generator` saved with the model; its seed is `export_saved_model`'s `seed`.
+* `encode(x) -> latent` (the inverse of the flow) and `decode(z) -> data` (the forward).
+"""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+__all__ = ["export_saved_model"]
+
+
+def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
+  """Writes `model` as a SavedModel at `export_dir`, atomically.
+
+  The model is written to a temporary directory beside `export_dir` and renamed into
+  place only when complete: a failure leaves nothing half-written, and with
+  `overwrite=True` the old export is replaced only after the new one is whole.
+
+  Args:
+    model: a `tfpflows.models.FlowModel`.
+    export_dir: the SavedModel directory to create.
+    overwrite: replace an existing `export_dir`.
+    seed: seed of the sampler's random generator.
+
+  Raises:
+    FileExistsError: `export_dir` exists and `overwrite` is False.
+  """
+  export_dir = os.path.abspath(os.fspath(export_dir))
+  if os.path.exists(export_dir) and not overwrite:
+    raise FileExistsError(f"export directory {export_dir} already exists "
+                          f"(pass overwrite=True / --overwrite to replace it)")
+  parent = os.path.dirname(export_dir)
+  os.makedirs(parent, exist_ok=True)
+  event_spec = tf.TensorSpec([None, *model.event_shape], tf.float32)
+  latent_spec = tf.TensorSpec([None, *model.latent_shape], tf.float32)
+
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  with tf.init_scope():
+    generator = tf.random.Generator.from_seed(seed)
+  archive._tf_trackable.sampler_generator = generator  # pylint: disable=protected-access
+
+  def log_prob(x):
+    return model.log_prob(x)
+
+  def sample(n, temperature):
+    seed_pair = tf.cast(generator.make_seeds(1)[:, 0], tf.int32)
+    return model.sample(n, temperature=temperature, seed=seed_pair)
+
+  archive.add_endpoint("log_prob", log_prob, input_signature=[event_spec])
+  archive.add_endpoint("sample", sample, input_signature=[
+      tf.TensorSpec([], tf.int32, name="n"), tf.TensorSpec([], tf.float32, name="temperature")])
+  archive.add_endpoint("encode", model.encode, input_signature=[event_spec])
+  archive.add_endpoint("decode", model.decode, input_signature=[latent_spec])
+
+  tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+  try:
+    path = os.path.join(tmp, "saved_model")
+    archive.write_out(path, verbose=False)
+    if os.path.exists(export_dir):
+      old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
+      os.rename(export_dir, os.path.join(old, "x"))
+      os.rename(path, export_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(path, export_dir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return export_dir

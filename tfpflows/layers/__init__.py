@@ -1,0 +1,11 @@
+"""Keras 3 layers that own weights and networks and build `tfpflows.bijectors` from them."""
+
+from tfpflows.layers import networks
+from tfpflows.layers.actnorm import ActNormLayer
+from tfpflows.layers.base import BijectorLayer
+from tfpflows.layers.conv1x1 import Conv1x1Layer, PermuteLayer
+from tfpflows.layers.coupling import CouplingLayer
+from tfpflows.layers.multiscale import ChainLayer, FactorOutLayer, SqueezeLayer
+
+__all__ = ["ActNormLayer", "BijectorLayer", "ChainLayer", "Conv1x1Layer", "CouplingLayer",
+           "FactorOutLayer", "PermuteLayer", "SqueezeLayer", "networks"]

@@ -1,0 +1,29 @@
+"""The Keras-side base class: a layer that owns weights and builds a bijector from them."""
+
+import keras
+
+
+class BijectorLayer(keras.layers.Layer):
+  """A Keras 3 layer that owns a bijector's weights and networks.
+
+  Keras 3 and TFP do not track each other's variables (see the notes on the stack), so
+  the roles are split: the layer holds every weight and network, and `bijector()` builds
+  a pure `tfb.Bijector` from their *current values* each time it is called (cheap: no
+  weights are created). Inside `model.fit` the gradient flows from the bijector's outputs
+  back to the layer's weights.
+
+  Subclasses implement `bijector()`; layers with data-dependent initialisation override
+  `data_init(y)`, which receives data-side inputs `y` and returns the latent-side result of
+  `inverse` after initialising itself (the normalizing direction, as in Glow).
+  """
+
+  def bijector(self):
+    raise NotImplementedError
+
+  def data_init(self, y):
+    """Initialises from data-side inputs `y`; returns the latent-side output."""
+    return self.bijector().inverse(y)
+
+  def call(self, y):
+    """Maps data to latent (the inverse), so a layer can be used on its own."""
+    return self.bijector().inverse(y)

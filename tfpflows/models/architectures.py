@@ -1,0 +1,125 @@
+"""Glow, RealNVP and NICE built from the layers, for vectors `[D]` and images `[H, W, C]`."""
+
+import tensorflow as tf
+
+from tfpflows import layers as L
+from tfpflows.models.flow_model import FlowModel
+
+NAMES = ("glow", "nice", "realnvp")
+
+_DEFAULTS = {
+    # name: (num_steps, hidden) for vectors, then for images
+    "glow": ((8, 64), (4, 400)),
+    "realnvp": ((8, 64), (4, 400)),
+    "nice": ((8, 64), (4, 400)),
+}
+
+
+def _step(name, k, channels, *, event_ndims, hidden, seed):
+  """One flow step, data side first: the layers of step `k` of model `name`."""
+  if name == "glow":
+    return [L.ActNormLayer(channels, event_ndims=event_ndims),
+            L.Conv1x1Layer(channels, kind="lu", event_ndims=event_ndims, seed=seed),
+            L.CouplingLayer(channels, mask="channel", transform="affine",
+                            event_ndims=event_ndims, hidden=hidden)]
+  # RealNVP and NICE: alternating masks instead of a learned permutation. On images, two
+  # checkerboard couplings then two channel couplings (RealNVP, section 3.6); on vectors,
+  # the two halves alternate.
+  mask = "checkerboard" if (event_ndims == 3 and (k // 2) % 2 == 0) else "channel"
+  coupling = L.CouplingLayer(channels, mask=mask, reverse=bool(k % 2),
+                             transform="affine" if name == "realnvp" else "additive",
+                             event_ndims=event_ndims, hidden=hidden)
+  if name == "realnvp":   # ActNorm in place of RealNVP's batch normalisation
+    return [L.ActNormLayer(channels, event_ndims=event_ndims), coupling]
+  return [coupling]
+
+
+def _steps(name, num_steps, channels, *, event_ndims, hidden, seed):
+  out = []
+  for k in range(num_steps):
+    out += _step(name, k, channels, event_ndims=event_ndims, hidden=hidden, seed=seed + k)
+  return out
+
+
+def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed):
+  """Level `level`: squeeze, K steps, factor out half (all but the last level), unsqueeze.
+
+  Closing each level with an unsqueeze keeps it shape-preserving, as `FactorOut` needs of
+  its inner flow, and makes the latent the shape of the data.
+  """
+  channels *= 4
+  layers = [L.SqueezeLayer()]
+  layers += _steps(name, num_steps, channels, event_ndims=3, hidden=hidden,
+                   seed=seed + 1000 * level)
+  if level < num_levels - 1:
+    inner = _image_level(name, level + 1, num_levels, channels // 2, num_steps=num_steps,
+                         hidden=hidden, seed=seed)
+    layers.append(L.FactorOutLayer(inner, channels, event_ndims=3))
+  layers.append(L.SqueezeLayer(unsqueeze=True))
+  return L.ChainLayer(layers)
+
+
+def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0):
+  """Builds a `FlowModel` of Glow, RealNVP or NICE.
+
+  Vectors (`event_shape = [D]`): `num_steps` steps on the whole vector, MLP conditioners.
+  Images (`event_shape = [H, W, C]`, pixel values in `[0, 256)`): the multi-scale
+  architecture: `num_levels` levels, each a squeeze, `num_steps` steps, and (except the
+  last) a factor-out of half the channels with a learned conditional prior.
+
+  Steps (data side first): Glow = ActNorm, LU 1x1 convolution, affine coupling (Kingma &
+  Dhariwal 2018); RealNVP = ActNorm, affine coupling with alternating checkerboard/channel
+  masks (Dinh et al. 2017); NICE = additive coupling with alternating masks (Dinh et al.
+  2014), and a final ActNorm as NICE's diagonal scaling. Conditioners: Glow's conv3x3 -
+  conv1x1 - zero conv3x3 for images, a 2-layer MLP for vectors, `hidden` units wide.
+
+  Args:
+    name: `"glow"`, `"realnvp"` or `"nice"`.
+    event_shape: `[D]` (D >= 2) or `[H, W, C]` (H, W divisible by `2 ** num_levels`).
+    num_levels: image levels `L` (default 3); must be None or 1 for vectors.
+    num_steps: steps `K` per level (default 4 for images, 8 for vectors).
+    hidden: conditioner width (default 400 for images, 64 for vectors).
+    seed: seed of the random rotations initialising the 1x1 convolutions.
+
+  Raises:
+    ValueError: a one-line message for an unknown name or an impossible shape.
+  """
+  if name not in NAMES:
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(NAMES)}")
+  event_shape = tuple(int(d) for d in event_shape)
+  image = len(event_shape) == 3
+  if len(event_shape) not in (1, 3):
+    raise ValueError(f"event_shape must be [D] or [H, W, C], got {list(event_shape)}")
+  (vec_steps, vec_hidden), (img_steps, img_hidden) = _DEFAULTS[name]
+  num_steps = num_steps or (img_steps if image else vec_steps)
+  hidden = hidden or (img_hidden if image else vec_hidden)
+  if num_steps < 1 or hidden < 1:
+    raise ValueError(f"num_steps and hidden must be positive, got {num_steps} and {hidden}")
+  spec = dict(name=name, event_shape=list(event_shape), num_steps=num_steps, hidden=hidden,
+              seed=seed)
+  if image:
+    num_levels = 3 if num_levels is None else int(num_levels)
+    h, w, c = event_shape
+    if num_levels < 1:
+      raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+    if h % 2 ** num_levels or w % 2 ** num_levels:
+      raise ValueError(f"image size {h}x{w} is not divisible by 2**num_levels = "
+                       f"{2 ** num_levels} (num_levels={num_levels})")
+    spec["num_levels"] = num_levels
+    flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden, seed=seed)
+    if name == "nice":
+      flow = L.ChainLayer([flow, L.ActNormLayer(c, event_ndims=3)])
+  else:
+    if num_levels not in (None, 1):
+      raise ValueError(f"num_levels applies to images only; got {num_levels} for vectors")
+    (d,) = event_shape
+    if d < 2:
+      raise ValueError(f"vector flows need D >= 2 dimensions, got {d}")
+    layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed)
+    if name == "nice":
+      layers.append(L.ActNormLayer(d, event_ndims=1))
+    flow = L.ChainLayer(layers)
+  model = FlowModel(flow, event_shape, image=image, spec=spec, name=f"{name}_flow")
+  model.build()  # every weight exists now, inside the caller's distribution scope
+  model(tf.zeros((1,) + event_shape))  # creates every weight now, inside the caller's scope
+  return model

@@ -1,0 +1,140 @@
+"""PNG figures of flows: 2D densities `exp(log p)` on a grid, 2D samples, image grids.
+
+Uses matplotlib's Agg backend (no display needed). Every function writes one PNG to `path`
+and returns `path`.
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+
+DEFAULT_BOUNDS = ((-4.0, 4.0), (-4.0, 4.0))
+
+
+def _numpy(x):
+  return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+def bounds_2d(points, *, margin=0.1, quantile=0.005):
+  """Square plot limits `((x0, x1), (y0, y1))` covering `points` [n, 2] between the
+  `quantile` and `1 - quantile` quantiles, widened by `margin` of the range on each side."""
+  points = _numpy(points)
+  lo = np.quantile(points, quantile, axis=0)
+  hi = np.quantile(points, 1.0 - quantile, axis=0)
+  center, half = (lo + hi) / 2.0, (1.0 + 2.0 * margin) * np.max(hi - lo) / 2.0
+  half = max(float(half), 1e-3)
+  return tuple((float(c - half), float(c + half)) for c in center)
+
+
+def plot_density_2d(log_prob_fn, path, *, bounds=None, reference=None, grid_size=200,
+                    title="model density"):
+  """Heatmap of `p(x) = exp(log_prob_fn(x))` on a `grid_size`^2 grid.
+
+  Args:
+    log_prob_fn: maps a float32 numpy array `[N, 2]` to `[N]` log-densities (numpy or
+      tensor).
+    path: PNG file to write.
+    bounds: `((x0, x1), (y0, y1))`; default: `bounds_2d(reference)` if `reference` is
+      given, else `[-4, 4]^2`.
+    reference: optional data points `[n, 2]` that only set the default bounds.
+    grid_size: grid points per axis.
+    title: figure title.
+  """
+  if bounds is None:
+    bounds = bounds_2d(reference) if reference is not None else DEFAULT_BOUNDS
+  (x0, x1), (y0, y1) = bounds
+  xs = np.linspace(x0, x1, grid_size, dtype=np.float32)
+  ys = np.linspace(y0, y1, grid_size, dtype=np.float32)
+  gx, gy = np.meshgrid(xs, ys)
+  grid = np.stack([gx.ravel(), gy.ravel()], axis=-1)
+  log_p = _numpy(log_prob_fn(grid)).reshape(grid_size, grid_size)
+  density = np.exp(np.where(np.isfinite(log_p), log_p, -np.inf))
+
+  fig, ax = plt.subplots(figsize=(5.6, 5))
+  image = ax.imshow(density, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis",
+                    interpolation="nearest")
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="$p(x)$")
+  ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xlim=(x0, x1), ylim=(y0, y1))
+  ax.set_aspect("equal")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_samples_2d(samples, path, *, reference=None, bounds=None, title="model samples"):
+  """Scatter of `samples` [n, 2]; with `reference` [m, 2], a data panel on its left.
+
+  Both panels share `bounds` (default: `bounds_2d` of the reference, else of the samples),
+  so points far outside the data are cut off rather than squeezing the view.
+  """
+  samples = _numpy(samples)
+  panels = [(samples, title)]
+  if reference is not None:
+    reference = _numpy(reference)
+    panels.insert(0, (reference, "data"))
+  if bounds is None:
+    bounds = bounds_2d(reference if reference is not None else samples)
+  (x0, x1), (y0, y1) = bounds
+
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+  for ax, (points, name) in zip(axes[0], panels):
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, linewidths=0)
+    ax.set(title=f"{name} (n={len(points)})", xlabel="$x_1$", ylabel="$x_2$",
+           xlim=(x0, x1), ylim=(y0, y1))
+    ax.set_aspect("equal")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _tile(images, ncols):
+  """`[N, H, W, C]` -> one `[rows*(H+1)+1, ncols*(W+1)+1, C]` uint8 mosaic, 1px gaps."""
+  images = _numpy(images)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"images must be [N, H, W, C] with C in {{1, 3}}; got shape {images.shape}")
+  if images.dtype != np.uint8:
+    images = np.floor(np.clip(np.nan_to_num(images.astype(np.float64)), 0.0, 255.0))
+    images = images.astype(np.uint8)
+  n, h, w, c = images.shape
+  rows = math.ceil(n / ncols)
+  mosaic = np.full((rows * (h + 1) + 1, ncols * (w + 1) + 1, c), 255, np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, ncols)
+    mosaic[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = image
+  return mosaic
+
+
+def save_image_grid(images, path, *, title=None, ncols=None):
+  """Writes images as a grid.
+
+  Args:
+    images: `[N, H, W, C]`, C in {1, 3}: uint8, or floats in `[0, 256)` (pixel `floor(x)`,
+      clipped to [0, 255]); or a dict `{panel title: such images}` for panels side by side
+      (e.g. samples at several temperatures).
+    path: PNG file to write.
+    title: figure title (a single grid) or overall title (panels).
+    ncols: images per row; default `ceil(sqrt(N))`.
+  """
+  panels = dict(images) if isinstance(images, dict) else {title or "": images}
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
+  for ax, (name, batch) in zip(axes[0], panels.items()):
+    n = len(_numpy(batch))
+    mosaic = _tile(batch, ncols or math.ceil(math.sqrt(n)))
+    if mosaic.shape[-1] == 1:
+      ax.imshow(mosaic[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+      ax.imshow(mosaic, interpolation="nearest")
+    ax.set_title(name)
+    ax.set_axis_off()
+  if isinstance(images, dict) and title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
