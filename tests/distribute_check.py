@@ -1,0 +1,59 @@
+"""Run as a script (a fresh process): MirroredStrategy on two logical CPUs vs one device.
+
+Prints one JSON line. Logical devices must be configured before TensorFlow runs any op,
+hence the separate process.
+"""
+
+import json
+import sys
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from tfpflows.models import build_flow  # pylint: disable=g-import-not-at-top
+
+
+def main(kind):
+  rng = np.random.RandomState(0)
+  if kind == "vec":
+    spec = dict(name="glow", event_shape=(4,), num_steps=2, hidden=16)
+    data = (rng.randn(64, 4) * [1., 2., .5, 3.] + [1., -2., 0., 4.]).astype("float32")
+  else:
+    spec = dict(name="glow", event_shape=(8, 8, 1), num_levels=2, num_steps=1, hidden=8)
+    data = (rng.randint(0, 256, (64, 8, 8, 1)) + rng.rand(64, 8, 8, 1)).astype("float32")
+  batch = 16
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+  keras.utils.set_random_seed(0)
+  single = build_flow(**spec)
+  single.initialize(data[:batch])
+  with strategy.scope():
+    keras.utils.set_random_seed(0)
+    mirrored = build_flow(**spec)
+  first = next(iter(strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensor_slices(data[:batch]).batch(batch))))
+  mirrored.initialize(first)          # per-replica halves, global statistics
+  init_diff = max(float(np.max(np.abs(a - b)))
+                  for a, b in zip(single.get_weights(), mirrored.get_weights()))
+
+  ds = tf.data.Dataset.from_tensor_slices(data).batch(batch)
+  single.compile(optimizer=keras.optimizers.SGD(1e-2))
+  hist1 = single.fit(ds, epochs=2, verbose=0, shuffle=False)
+  with strategy.scope():
+    mirrored.compile(optimizer=keras.optimizers.SGD(1e-2))
+  hist2 = mirrored.fit(ds, epochs=2, verbose=0, shuffle=False)
+  weight_diff = max(float(np.max(np.abs(a - b)))
+                    for a, b in zip(single.get_weights(), mirrored.get_weights()))
+  moved = max(float(np.max(np.abs(a))) for a in single.get_weights())
+  print("RESULT " + json.dumps(dict(
+      replicas=strategy.num_replicas_in_sync, init_diff=init_diff, weight_diff=weight_diff,
+      moved=moved, loss_single=hist1.history["loss"], loss_mirrored=hist2.history["loss"])))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])

@@ -1,0 +1,191 @@
+"""End-to-end tests of `python -m trainers.train`: train, resume, export, plot, bad input."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--num_steps=2", "--hidden=16"]
+
+
+def _train(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, "-m", "trainers.train", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _dirs(tmp_path):
+  return str(tmp_path / "model"), str(tmp_path / "export")
+
+
+def _scalars(event_dir):
+  """{tag: [steps]} of the scalars in the event files under `event_dir`."""
+  out = {}
+  for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append(event.step)
+  return out
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+  """A glow trained 20 steps on moons (two epochs of 10), then resumed to 30 steps."""
+  model_dir, export_dir = _dirs(tmp_path_factory.mktemp("toy"))
+  common = ["--model=glow", "--dataset=moons", "--batch_size=64", "--eval_every=10",
+            f"--model_dir={model_dir}", f"--export_dir={export_dir}", *SMALL]
+  first = _train(*common, "--steps=20")
+  assert first.returncode == 0, first.stderr[-3000:]
+  files_after_first = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
+  second = _train(*common, "--steps=30", "--overwrite")
+  assert second.returncode == 0, second.stderr[-3000:]
+  return dict(model_dir=model_dir, export_dir=export_dir, first=first, second=second,
+              files_after_first=files_after_first)
+
+
+def test_toy_run_writes_checkpoint_export_plots_and_logs(toy_run):
+  model_dir, export_dir = toy_run["model_dir"], toy_run["export_dir"]
+  assert "ckpt-20.index" in toy_run["files_after_first"]
+  assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
+  for name in ("density.png", "samples.png"):
+    path = os.path.join(model_dir, name)
+    assert os.path.getsize(path) > 1000 and open(path, "rb").read(4) == b"\x89PNG"
+  train_scalars = _scalars(os.path.join(model_dir, "tensorboard", "train"))
+  validation_scalars = _scalars(os.path.join(model_dir, "tensorboard", "validation"))
+  assert sorted(train_scalars["nll"]) == [10, 20, 30]
+  assert sorted(validation_scalars["nll"]) == [10, 20, 30]
+  stdout = toy_run["first"].stdout
+  assert "held-out NLL:" in stdout and export_dir in stdout
+  assert os.path.join(model_dir, "density.png") in stdout
+
+
+def test_toy_run_resumes_from_the_checkpoint(toy_run):
+  second = toy_run["second"].stdout
+  assert "resuming from" in second and "(step 20)" in second
+  assert "Epoch 3/3" in second and "Epoch 1/" not in second
+  # ActNorm's data init ran once, in the first run; the resumed run restored it.
+  assert "initialising ActNorm" in toy_run["first"].stdout
+  assert "initialising ActNorm" not in second
+  checkpoint = tf.train.load_checkpoint(os.path.join(toy_run["model_dir"], "checkpoints",
+                                                     "ckpt-30"))
+  assert checkpoint.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 30
+  assert checkpoint.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 30
+
+
+def test_mock_mnist_in_process(tmp_path):
+  from trainers import train  # pylint: disable=g-import-not-at-top
+  model_dir, export_dir = _dirs(tmp_path)
+  config = train.Config(model="realnvp", dataset="mnist", data_dir=str(tmp_path / "tfds"),
+                        model_dir=model_dir, export_dir=export_dir, steps=2, eval_every=2,
+                        batch_size=4, num_levels=1, num_steps=1, hidden=8)
+  with tfds.testing.mock_data(num_examples=8):
+    result = train.run(config)
+  assert result["step"] == 2 and np.isfinite(result["metrics"]["bits_per_dim"])
+  assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
+  assert result["plots"] == [os.path.join(model_dir, "samples.png")]
+  assert os.path.getsize(result["plots"][0]) > 1000
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _npy(tmp_path, array):
+  path = str(tmp_path / "data.npy")
+  np.save(path, array)
+  return path
+
+
+BAD_INPUTS = {
+    # name: (flags given a tmp_path, key word of the message)
+    "unknown_model": (lambda tmp: ["--model=foo", "--dataset=moons"], "--model 'foo'"),
+    "missing_model": (lambda tmp: ["--dataset=moons"], "--model is required"),
+    "unknown_dataset": (lambda tmp: ["--model=nice", "--dataset=no_such_dataset_xyz"],
+                        "unknown dataset"),
+    "missing_npy": (lambda tmp: ["--model=nice", f"--dataset={tmp / 'nothing.npy'}"],
+                    "does not exist"),
+    "npy_with_nan": (lambda tmp: ["--model=nice", "--dataset=" + _npy(
+        tmp, np.array([[0.0, 1.0]] * 9 + [[np.nan, 0.0]]))], "NaN"),
+    "float_images": (lambda tmp: ["--model=glow", "--dataset=" + _npy(
+        tmp, np.zeros((10, 8, 8, 1), np.float32))], "uint8"),
+    "indivisible_images": (lambda tmp: ["--model=glow", "--num_levels=2", "--dataset=" + _npy(
+        tmp, np.zeros((10, 6, 6, 1), np.uint8))], "divisible"),
+    "vector_batch_of_one": (lambda tmp: ["--model=glow", "--dataset=moons",
+                                         "--batch_size=1"], "batch_size"),
+    "bad_flag_value": (lambda tmp: ["--model=glow", "--dataset=moons", "--steps=0"],
+                       "steps"),
+}
+
+
+def _main_in_process(argv, capsys):
+  """Runs the command line in this process: (exit code, stderr)."""
+  from trainers import train  # pylint: disable=g-import-not-at-top
+  capsys.readouterr()
+  try:
+    with pytest.raises(SystemExit) as e:
+      train.main(train._parse_flags(["train", *argv]))  # pylint: disable=protected-access
+  finally:
+    train.FLAGS.unparse_flags()
+  return subprocess.CompletedProcess(argv, e.value.code, "", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+  make_flags, keyword = BAD_INPUTS[case]
+  model_dir, export_dir = _dirs(tmp_path)
+  result = _main_in_process([*make_flags(tmp_path), f"--model_dir={model_dir}",
+                             f"--export_dir={export_dir}", "--steps=1"], capsys)
+  _assert_usage_error(result, keyword)
+  assert not os.path.exists(model_dir) and not os.path.exists(export_dir)
+
+
+@pytest.mark.parametrize("case", ["unknown_model", "bad_flag_value"])
+def test_bad_input_on_the_command_line(tmp_path, case):
+  """The same, in a fresh process: exit status 2, one line, no traceback."""
+  make_flags, keyword = BAD_INPUTS[case]
+  model_dir, export_dir = _dirs(tmp_path)
+  result = _train(*make_flags(tmp_path), f"--model_dir={model_dir}",
+                  f"--export_dir={export_dir}", "--steps=1")
+  _assert_usage_error(result, keyword)
+  assert not os.path.exists(model_dir) and not os.path.exists(export_dir)
+
+
+def test_existing_export_dir_needs_overwrite(tmp_path):
+  model_dir, export_dir = _dirs(tmp_path)
+  os.makedirs(export_dir)
+  result = _train("--model=glow", "--dataset=moons", "--steps=1", f"--model_dir={model_dir}",
+                  f"--export_dir={export_dir}")
+  _assert_usage_error(result, "--overwrite")
+  assert not os.path.exists(model_dir) and os.listdir(export_dir) == []
+
+
+def test_checkpoint_of_another_model_is_rejected(toy_run, tmp_path, capsys):
+  before = sorted(os.listdir(toy_run["model_dir"]))
+  result = _main_in_process(["--model=nice", "--dataset=moons", "--steps=40",
+                             "--eval_every=10", f"--model_dir={toy_run['model_dir']}",
+                             f"--export_dir={tmp_path / 'e'}", *SMALL], capsys)
+  _assert_usage_error(result, "does not match")
+  assert sorted(os.listdir(toy_run["model_dir"])) == before
+  assert not os.path.exists(tmp_path / "e")
+
+
+def _assert_usage_error(result, keyword):
+  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and keyword in last, result.stderr[-3000:]
+  assert sum(line.startswith("error: ") for line in result.stderr.splitlines()) == 1
+
+
+def test_help_lists_every_flag():
+  from trainers import train  # pylint: disable=g-import-not-at-top
+  text = train.FLAGS.module_help(train)
+  for flag in ("model", "dataset", "steps", "batch_size", "model_dir", "export_dir",
+               "data_dir", "learning_rate", "eval_every", "num_levels", "num_steps", "hidden",
+               "overwrite", "seed"):
+    assert f"--{flag}:" in text or f"--[no]{flag}:" in text, text
