@@ -75,7 +75,8 @@ def test_toy_run_resumes_from_the_checkpoint(toy_run):
   checkpoint = tf.train.load_checkpoint(os.path.join(toy_run["model_dir"], "checkpoints",
                                                      "ckpt-30"))
   assert checkpoint.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 30
-  assert checkpoint.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 30
+  # The optimizer's first variable is its step counter (`iterations`).
+  assert checkpoint.get_tensor("optimizer/v00000/.ATTRIBUTES/VARIABLE_VALUE") == 30
 
 
 def test_mock_mnist_in_process(tmp_path):

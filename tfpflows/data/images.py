@@ -21,7 +21,8 @@ def load_tfds_images(name, *, data_dir=None):
   Raises:
     UnknownDatasetError: (a ValueError) no TFDS data set is called `name`.
     ValueError: a one-line message: no 'image' feature, images of
-      variable shape or not uint8 with 1 or 3 channels, no 'train' split.
+      variable shape or not uint8 with 1 or 3 channels, download failed (OSError or
+      DownloadError), no 'train' split.
   """
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -39,7 +40,12 @@ def load_tfds_images(name, *, data_dir=None):
   if np.dtype(image.np_dtype) != np.uint8:
     raise ValueError(f"TFDS dataset {name!r} has {np.dtype(image.np_dtype)} images; expected uint8")
 
-  builder.download_and_prepare()
+  try:
+    builder.download_and_prepare()
+  except (OSError, tfds.core.download.DownloadError) as e:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f"cannot download or prepare TFDS dataset {name!r} in "
+                     f"{builder.data_dir}: {message}") from None
   splits = set(builder.info.splits.keys())  # empty when unknown (e.g. under mock_data)
   if splits and "train" not in splits:
     raise ValueError(f"TFDS dataset {name!r} has no 'train' split; it has: "

@@ -1,0 +1,1 @@
+"""Command-line trainers: `python -m trainers.train --help`."""
