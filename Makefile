@@ -20,8 +20,8 @@ $(STAMP): requirements/base.txt requirements/test.txt requirements/lock.txt setu
 # Trains a Glow on the 2D two-moons density (about 2 minutes on 2 CPU cores), exports it
 # as a SavedModel and writes density and sample PNGs, all under demo_out/.
 demo: $(STAMP)
-	$(PY) -m trainers.train --model=glow --dataset=moons --steps=3000 --batch_size=256 \
-	    --eval_every=500 --model_dir=demo_out/model --export_dir=demo_out/export --overwrite
+	$(PY) -m trainers.train --model=glow --dataset=moons --steps=6000 --batch_size=256 \
+	    --eval_every=1000 --model_dir=demo_out/model --export_dir=demo_out/export --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

@@ -25,6 +25,7 @@ from typing import Optional
 
 from absl import app
 from absl import flags
+from absl import logging
 import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
@@ -302,6 +303,8 @@ def _parse_flags(argv):
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)   # TF's INFO lines (export details) drown the progress
+  tf.get_logger().setLevel("ERROR")
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})

@@ -140,12 +140,14 @@ class FlowModel(keras.Model):
   def _data_init(self, y):
     self.flow.data_init(self._preprocess().inverse(tf.cast(y, tf.float32)))
 
-  def fit(self, *args, **kwargs):
+  def fit(self, x=None, *args, **kwargs):
+    if isinstance(x, tf.data.Dataset):
+      kwargs.setdefault("shuffle", False)   # a Dataset shuffles itself; spares Keras' warning
     if not self.initialized:
       import warnings  # pylint: disable=g-import-not-at-top
       warnings.warn("FlowModel.fit: ActNorm is not initialised; call model.initialize(batch) "
                     "first for Glow's data-dependent initialisation", stacklevel=2)
-    return super().fit(*args, **kwargs)
+    return super().fit(x, *args, **kwargs)
 
   # -- training ------------------------------------------------------------------------
 
