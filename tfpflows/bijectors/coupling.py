@@ -39,6 +39,9 @@ class Coupling(tfb.Bijector):
       sees the masked input `m * y` and returns `[..., k * C]` for the whole event; only the
       `1 - m` part is transformed.
 
+  The conditioner may compute in another precision (e.g. a Keras `mixed_bfloat16` policy);
+  its output is cast back to the data's dtype before the transform and the log-det.
+
   The conditioner is called once per `forward` or `inverse`: its log-determinant is stored
   in TFP's bijector cache beside the result, so `log_prob` does not run it a second time.
   For images the conditioner receives rank-4 tensors `[N, H, W, C_in]`; for vectors rank 2.
@@ -89,6 +92,7 @@ class Coupling(tfb.Bijector):
   # -- masks ---------------------------------------------------------------------------
 
   def _split(self, x):
+    """(conditioning part, transformed part), by one `tf.split` (cheap gradient)."""
     c = x.shape[-1]
     if c is None:
       raise ValueError("Coupling: the channel (last) dimension must be known statically")
@@ -96,8 +100,10 @@ class Coupling(tfb.Bijector):
       raise ValueError(f"Coupling: need at least 2 channels to split, got {c}")
     n_a = c // 2 if not self._reverse else c - c // 2
     if not self._reverse:
-      return x[..., :n_a], x[..., n_a:]
-    return x[..., c - n_a:], x[..., :c - n_a]
+      x_a, x_b = tf.split(x, [n_a, c - n_a], axis=-1)
+      return x_a, x_b
+    x_b, x_a = tf.split(x, [c - n_a, n_a], axis=-1)
+    return x_a, x_b
 
   def _merge(self, x_a, x_b):
     if not self._reverse:
@@ -120,8 +126,9 @@ class Coupling(tfb.Bijector):
   def _params(self, x_cond):
     """Runs the conditioner on [*batch, *event_cond]; returns (shift, log_scale or None)."""
     flat, batch_shape = _shapes.flatten_batch(x_cond, self._event_ndims)
-    out = self._conditioner(flat)
-    out = tf.convert_to_tensor(out)
+    # The conditioner may compute in another dtype (a Keras mixed-precision policy): the
+    # flow's own arithmetic stays in the input's dtype.
+    out = tf.cast(self._conditioner(flat), x_cond.dtype)
     out = _shapes.unflatten_batch(out, batch_shape, self._event_ndims)
     if self._transform == "additive":
       return out, None

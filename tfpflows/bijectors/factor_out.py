@@ -73,11 +73,11 @@ class FactorOut(tfb.Bijector):
     if c is None or c < 2:
       raise ValueError(f"FactorOut: need a static channel dimension >= 2, got {c}")
     n_z = self._num_factored or c // 2
-    return v[..., :c - n_z], v[..., c - n_z:]
+    return tf.split(v, [c - n_z, n_z], axis=-1)
 
   def _prior(self, y_h):
     flat, batch_shape = _shapes.flatten_batch(y_h, self._event_ndims)
-    out = _shapes.unflatten_batch(tf.convert_to_tensor(self._prior_fn(flat)), batch_shape,
+    out = _shapes.unflatten_batch(tf.cast(self._prior_fn(flat), y_h.dtype), batch_shape,
                                   self._event_ndims)
     mean, log_scale = tf.split(out, 2, axis=-1)
     return mean, log_scale

@@ -28,6 +28,9 @@ class FlowModel(keras.Model):
   * `distribution(temperature)` is a `tfd.TransformedDistribution` that composes with any
     TFP code; temperature `T` scales the base standard deviation (Glow's sampling).
   * `initialize(y)` is the explicit data-dependent initialisation of every ActNorm.
+  * Mixed precision: under `keras.mixed_precision.set_global_policy("mixed_bfloat16")` (or
+    `"mixed_float16"`) set before `build_flow`, the conditioner networks compute in low
+    precision while the flow's arithmetic, log-densities and all weights stay float32.
 
   Args:
     flow: the root `BijectorLayer` (data side first, see `ChainLayer`).
@@ -37,6 +40,9 @@ class FlowModel(keras.Model):
   """
 
   def __init__(self, flow, event_shape, *, image=False, spec=None, **kwargs):
+    # The flow's own arithmetic (log-dets, ActNorm, 1x1 convolutions) stays float32 under a
+    # mixed-precision policy; only the conditioner networks follow the global Keras policy.
+    kwargs.setdefault("dtype", "float32")
     super().__init__(**kwargs)
     self.flow = flow
     self.event_shape = tuple(int(d) for d in event_shape)
