@@ -203,6 +203,8 @@ def test_image_log_prob_is_in_pixel_units():
     (dict(name="glow", event_shape=(12, 12, 3), num_levels=3), "not divisible by 2\\*\\*num_levels"),
     (dict(name="glow", event_shape=(1,)), "D >= 2"),
     (dict(name="glow", event_shape=(4, 4)), "must be \\[D\\] or \\[H, W, C\\]"),
+    (dict(name="glow", event_shape=(2,), permutation="shuffle"), "unknown permutation"),
+    (dict(name="nice", event_shape=(2,), permutation="reverse"), "applies to glow only"),
 ])
 def test_build_flow_rejects_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -235,3 +237,20 @@ def test_mixed_bfloat16_conditioners_keep_the_flow_in_float32():
   # Same weights, float32 vs bfloat16 conditioners: log-densities agree to bf16 precision.
   np.testing.assert_allclose(model.log_prob(data).numpy(), reference.log_prob(data).numpy(),
                              rtol=0.02)
+
+
+@pytest.mark.parametrize("permutation", ["plain", "reverse", "random"])
+def test_glow_channel_mixing_alternatives_train_and_invert(permutation):
+  keras.utils.set_random_seed(0)
+  model = build_flow("glow", **IMG, permutation=permutation)
+  data = _img_data()
+  model.initialize(data)
+  kinds = {type(l).__name__ for l in model._flatten_layers()}
+  assert ("Conv1x1Layer" in kinds) == (permutation == "plain")
+  assert ("PermuteLayer" in kinds) == (permutation != "plain")
+  z = model.encode(data)
+  np.testing.assert_allclose(model.decode(tf.identity(z)).numpy(), data, atol=2e-3)
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
+  hist = model.fit(tf.data.Dataset.from_tensor_slices(data).batch(8).repeat(),
+                   steps_per_epoch=2, epochs=1, verbose=0)
+  assert np.isfinite(hist.history["loss"][0])

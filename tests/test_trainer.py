@@ -112,6 +112,10 @@ BAD_INPUTS = {
                     "does not exist"),
     "npy_with_nan": (lambda tmp: ["--model=nice", "--dataset=" + _npy(
         tmp, np.array([[0.0, 1.0]] * 9 + [[np.nan, 0.0]]))], "NaN"),
+    "npy_with_inf": (lambda tmp: ["--model=nice", "--dataset=" + _npy(
+        tmp, np.array([[0.0, 1.0]] * 9 + [[0.0, np.inf]]))], "Inf"),
+    "npy_wrong_rank": (lambda tmp: ["--model=nice", "--dataset=" + _npy(
+        tmp, np.zeros((10, 4, 4), np.float32))], "rank"),
     "float_images": (lambda tmp: ["--model=glow", "--dataset=" + _npy(
         tmp, np.zeros((10, 8, 8, 1), np.float32))], "uint8"),
     "indivisible_images": (lambda tmp: ["--model=glow", "--num_levels=2", "--dataset=" + _npy(

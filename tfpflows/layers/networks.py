@@ -18,10 +18,14 @@ def glow_conv_net(hidden, out_channels, *, activation="relu", name=None):
   """Glow's coupling network for images: `[N, H, W, C_in] -> [N, H, W, out_channels]`.
 
   conv 3x3 (hidden) -> ReLU -> conv 1x1 (hidden) -> ReLU -> zero-initialised conv 3x3.
+  The 1x1 convolution is written as a `Dense` layer on the channel axis: the same map and
+  the same parameters (a `[hidden, hidden]` kernel and a bias), run as one matmul, whose
+  gradients are about 10% faster per training step on CPU than a 1x1 `Conv2D`'s
+  (bench/glow_throughput.py).
   """
   return keras.Sequential([
       keras.layers.Conv2D(hidden, 3, padding="same", activation=activation),
-      keras.layers.Conv2D(hidden, 1, padding="same", activation=activation),
+      keras.layers.Dense(hidden, activation=activation),   # the 1x1 convolution
       zero_conv(out_channels),
   ], name=name)
 

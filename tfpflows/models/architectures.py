@@ -6,6 +6,7 @@ from tfpflows import layers as L
 from tfpflows.models.flow_model import FlowModel
 
 NAMES = ("glow", "nice", "realnvp")
+PERMUTATIONS = ("lu", "plain", "reverse", "random")
 
 _DEFAULTS = {
     # name: (num_steps, hidden) for vectors, then for images
@@ -15,11 +16,18 @@ _DEFAULTS = {
 }
 
 
-def _step(name, k, channels, *, event_ndims, hidden, seed):
+def _mixing(permutation, channels, *, event_ndims, seed):
+  """Glow's channel mixing: a learned 1x1 convolution, or a fixed permutation (Glow, 4.1)."""
+  if permutation in ("lu", "plain"):
+    return L.Conv1x1Layer(channels, kind=permutation, event_ndims=event_ndims, seed=seed)
+  return L.PermuteLayer(channels, kind=permutation, seed=seed)
+
+
+def _step(name, k, channels, *, event_ndims, hidden, seed, permutation="lu"):
   """One flow step, data side first: the layers of step `k` of model `name`."""
   if name == "glow":
     return [L.ActNormLayer(channels, event_ndims=event_ndims),
-            L.Conv1x1Layer(channels, kind="lu", event_ndims=event_ndims, seed=seed),
+            _mixing(permutation, channels, event_ndims=event_ndims, seed=seed),
             L.CouplingLayer(channels, mask="channel", transform="affine",
                             event_ndims=event_ndims, hidden=hidden)]
   # RealNVP and NICE: alternating masks instead of a learned permutation. On images, two
@@ -34,14 +42,15 @@ def _step(name, k, channels, *, event_ndims, hidden, seed):
   return [coupling]
 
 
-def _steps(name, num_steps, channels, *, event_ndims, hidden, seed):
+def _steps(name, num_steps, channels, *, event_ndims, hidden, seed, permutation):
   out = []
   for k in range(num_steps):
-    out += _step(name, k, channels, event_ndims=event_ndims, hidden=hidden, seed=seed + k)
+    out += _step(name, k, channels, event_ndims=event_ndims, hidden=hidden, seed=seed + k,
+                 permutation=permutation)
   return out
 
 
-def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed):
+def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, permutation):
   """Level `level`: squeeze, K steps, factor out half (all but the last level), unsqueeze.
 
   Closing each level with an unsqueeze keeps it shape-preserving, as `FactorOut` needs of
@@ -50,16 +59,17 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed):
   channels *= 4
   layers = [L.SqueezeLayer()]
   layers += _steps(name, num_steps, channels, event_ndims=3, hidden=hidden,
-                   seed=seed + 1000 * level)
+                   seed=seed + 1000 * level, permutation=permutation)
   if level < num_levels - 1:
     inner = _image_level(name, level + 1, num_levels, channels // 2, num_steps=num_steps,
-                         hidden=hidden, seed=seed)
+                         hidden=hidden, seed=seed, permutation=permutation)
     layers.append(L.FactorOutLayer(inner, channels, event_ndims=3))
   layers.append(L.SqueezeLayer(unsqueeze=True))
   return L.ChainLayer(layers)
 
 
-def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0):
+def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0,
+               permutation="lu"):
   """Builds a `FlowModel` of Glow, RealNVP or NICE.
 
   Vectors (`event_shape = [D]`): `num_steps` steps on the whole vector, MLP conditioners.
@@ -79,13 +89,23 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     num_levels: image levels `L` (default 3); must be None or 1 for vectors.
     num_steps: steps `K` per level (default 4 for images, 8 for vectors).
     hidden: conditioner width (default 400 for images, 64 for vectors).
-    seed: seed of the random rotations initialising the 1x1 convolutions.
+    seed: seed of the random rotations initialising the 1x1 convolutions (and of the
+      `"random"` permutation).
+    permutation: Glow's channel mixing: `"lu"` (LU-decomposed 1x1 convolution, default),
+      `"plain"` (1x1 convolution, log-det from QR), or the fixed `"reverse"` and `"random"`
+      permutations Glow compares them with. Glow only.
 
   Raises:
     ValueError: a one-line message for an unknown name or an impossible shape.
   """
   if name not in NAMES:
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(NAMES)}")
+  if permutation not in PERMUTATIONS:
+    raise ValueError(f"unknown permutation {permutation!r}; expected one of "
+                     f"{', '.join(PERMUTATIONS)}")
+  if permutation != "lu" and name != "glow":
+    raise ValueError(f"permutation={permutation!r} applies to glow only; {name} alternates "
+                     f"its coupling masks instead")
   event_shape = tuple(int(d) for d in event_shape)
   image = len(event_shape) == 3
   if len(event_shape) not in (1, 3):
@@ -96,7 +116,7 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if num_steps < 1 or hidden < 1:
     raise ValueError(f"num_steps and hidden must be positive, got {num_steps} and {hidden}")
   spec = dict(name=name, event_shape=list(event_shape), num_steps=num_steps, hidden=hidden,
-              seed=seed)
+              seed=seed, permutation=permutation)
   if image:
     num_levels = 3 if num_levels is None else int(num_levels)
     h, w, c = event_shape
@@ -106,7 +126,8 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
       raise ValueError(f"image size {h}x{w} is not divisible by 2**num_levels = "
                        f"{2 ** num_levels} (num_levels={num_levels})")
     spec["num_levels"] = num_levels
-    flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden, seed=seed)
+    flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden, seed=seed,
+                        permutation=permutation)
     if name == "nice":
       flow = L.ChainLayer([flow, L.ActNormLayer(c, event_ndims=3)])
   else:
@@ -115,7 +136,8 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     (d,) = event_shape
     if d < 2:
       raise ValueError(f"vector flows need D >= 2 dimensions, got {d}")
-    layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed)
+    layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed,
+                    permutation=permutation)
     if name == "nice":
       layers.append(L.ActNormLayer(d, event_ndims=1))
     flow = L.ChainLayer(layers)
