@@ -115,7 +115,7 @@ BAD_INPUTS = {
     "npy_with_inf": (lambda tmp: ["--model=nice", "--dataset=" + _npy(
         tmp, np.array([[0.0, 1.0]] * 9 + [[0.0, np.inf]]))], "Inf"),
     "npy_wrong_rank": (lambda tmp: ["--model=nice", "--dataset=" + _npy(
-        tmp, np.zeros((10, 4, 4), np.float32))], "rank"),
+        tmp, np.zeros((10, 4, 4), np.float32))], "has shape (10, 4, 4)"),
     "float_images": (lambda tmp: ["--model=glow", "--dataset=" + _npy(
         tmp, np.zeros((10, 8, 8, 1), np.float32))], "uint8"),
     "indivisible_images": (lambda tmp: ["--model=glow", "--num_levels=2", "--dataset=" + _npy(
