@@ -30,6 +30,21 @@ def unflatten_batch(x, batch_shape, event_ndims):
   return tf.reshape(x, tf.concat([batch_shape, tf.shape(x)[1:1 + event_ndims]], axis=0))
 
 
+def call_on_events(fn, x, event_ndims):
+  """`fn` on `x` with the batch dimensions flattened to one (rank-4 images, rank-2 vectors).
+
+  The output is cast back to `x.dtype` (a network may compute in a mixed-precision dtype)
+  and given `x`'s batch shape again.
+  """
+  flat, batch_shape = flatten_batch(x, event_ndims)
+  return unflatten_batch(tf.cast(fn(flat), x.dtype), batch_shape, event_ndims)
+
+
+def sum_event(t, event_ndims):
+  """Sums the last `event_ndims` axes."""
+  return tf.reduce_sum(t, axis=tf.range(-event_ndims, 0))
+
+
 def channel_matmul(x, w):
   """y[..., i] = sum_j w[i, j] x[..., j], one matmul over all positions."""
   c = tf.shape(x)[-1]

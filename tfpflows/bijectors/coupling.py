@@ -125,18 +125,13 @@ class Coupling(tfb.Bijector):
 
   def _params(self, x_cond):
     """Runs the conditioner on [*batch, *event_cond]; returns (shift, log_scale or None)."""
-    flat, batch_shape = _shapes.flatten_batch(x_cond, self._event_ndims)
     # The conditioner may compute in another dtype (a Keras mixed-precision policy): the
     # flow's own arithmetic stays in the input's dtype.
-    out = tf.cast(self._conditioner(flat), x_cond.dtype)
-    out = _shapes.unflatten_batch(out, batch_shape, self._event_ndims)
+    out = _shapes.call_on_events(self._conditioner, x_cond, self._event_ndims)
     if self._transform == "additive":
       return out, None
     shift, raw = tf.split(out, 2, axis=-1)
     return shift, tf.math.log_sigmoid(raw + 2.)
-
-  def _reduce_event(self, t):
-    return tf.reduce_sum(t, axis=tf.range(-self._event_ndims, 0))
 
   def _transform_and_ildj(self, v, cond, direction):
     """Elementwise transform of `v` given conditioner input; returns (out, ildj per event)."""
@@ -153,13 +148,13 @@ class Coupling(tfb.Bijector):
       out_b, log_scale = self._transform_and_ildj(v_b, v_a, direction)
       out = self._merge(v_a, out_b)
       ildj = (tf.zeros([], v.dtype) if log_scale is None
-              else self._reduce_event(log_scale))
+              else _shapes.sum_event(log_scale, self._event_ndims))
     else:
       m = self._checkerboard(v)
       out_all, log_scale = self._transform_and_ildj(v, v * m, direction)
       out = m * v + (1. - m) * out_all
       ildj = (tf.zeros([], v.dtype) if log_scale is None
-              else self._reduce_event((1. - m) * log_scale))
+              else _shapes.sum_event((1. - m) * log_scale, self._event_ndims))
     return out, ildj
 
   # -- TFP hooks -----------------------------------------------------------------------

@@ -76,14 +76,9 @@ class FactorOut(tfb.Bijector):
     return tf.split(v, [c - n_z, n_z], axis=-1)
 
   def _prior(self, y_h):
-    flat, batch_shape = _shapes.flatten_batch(y_h, self._event_ndims)
-    out = _shapes.unflatten_batch(tf.cast(self._prior_fn(flat), y_h.dtype), batch_shape,
-                                  self._event_ndims)
+    out = _shapes.call_on_events(self._prior_fn, y_h, self._event_ndims)
     mean, log_scale = tf.split(out, 2, axis=-1)
     return mean, log_scale
-
-  def _reduce_event(self, t):
-    return tf.reduce_sum(t, axis=tf.range(-self._event_ndims, 0))
 
   def _forward(self, x):
     e_h, e_z = self._split(x)
@@ -92,7 +87,7 @@ class FactorOut(tfb.Bijector):
     y = tf.concat([y_h, mean + tf.exp(log_scale) * e_z], axis=-1)
     self._cache.forward_attributes(x)["ildj"] = (
         -self._inner.forward_log_det_jacobian(e_h, event_ndims=self._event_ndims)
-        - self._reduce_event(log_scale))
+        - _shapes.sum_event(log_scale, self._event_ndims))
     return y
 
   def _inverse(self, y):
@@ -106,7 +101,7 @@ class FactorOut(tfb.Bijector):
     e_z = (y_z - mean) * tf.exp(-log_scale)
     e_h = self._inner.inverse(y_h)
     ildj = (self._inner.inverse_log_det_jacobian(y_h, event_ndims=self._event_ndims)
-            - self._reduce_event(log_scale))
+            - _shapes.sum_event(log_scale, self._event_ndims))
     return tf.concat([e_h, e_z], axis=-1), ildj
 
   def _inverse_log_det_jacobian(self, y):
