@@ -12,6 +12,14 @@ from tfpflows.layers.actnorm import ActNormLayer
 tfb, tfd = tfp.bijectors, tfp.distributions
 
 
+def _spans_workers(strategy):
+  """True for a `MultiWorkerMirroredStrategy` whose cluster has more than one worker."""
+  extended = getattr(strategy, "extended", None)
+  in_multi_worker = getattr(extended, "_in_multi_worker_mode", None)
+  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+          and callable(in_multi_worker) and in_multi_worker())
+
+
 @keras.saving.register_keras_serializable(package="tfpflows")
 class FlowModel(keras.Model):
   r"""A normalizing flow `p(y) = N(f^{-1}(y); 0, I) |det J_{f^{-1}}(y)|` as a Keras model.
@@ -171,7 +179,12 @@ class FlowModel(keras.Model):
     self.nll_tracker.update_state(-y_pred)
     if self.bpd_tracker is not None:
       self.bpd_tracker.update_state(self.bits_per_dim(y_pred))
-    return self.get_metrics_result()
+    results = self.get_metrics_result()
+    if _spans_workers(tf.distribute.get_strategy()):
+      # Keras 3 reduces logs across workers with `strategy.reduce("MEAN", v, axis=0)`,
+      # which rejects scalars ("Invalid reduction dimension 0"): give it rank-1 values.
+      results = {k: tf.reshape(v, [1]) for k, v in results.items()}
+    return results
 
   # -- serialisation -------------------------------------------------------------------
 
