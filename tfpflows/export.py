@@ -51,7 +51,7 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
   archive.track(model)
   with tf.init_scope():
     generator = tf.random.Generator.from_seed(seed)
-  archive._tf_trackable.sampler_generator = generator  # pylint: disable=protected-access
+  archive.track(generator)   # a TF trackable: its state is saved with the model
 
   def log_prob(x):
     return model.log_prob(x)

@@ -133,8 +133,11 @@ class Coupling(tfb.Bijector):
     shift, raw = tf.split(out, 2, axis=-1)
     return shift, tf.math.log_sigmoid(raw + 2.)
 
-  def _transform_and_ildj(self, v, cond, direction):
-    """Elementwise transform of `v` given conditioner input; returns (out, ildj per event)."""
+  def _elementwise(self, v, cond, direction):
+    """Elementwise transform of `v` given the conditioner input; returns (out, log-scale).
+
+    The log-scale is None for the additive transform.
+    """
     shift, log_scale = self._params(cond)
     if direction == "inverse":
       out = v + shift if log_scale is None else (v + shift) * tf.exp(log_scale)
@@ -145,13 +148,13 @@ class Coupling(tfb.Bijector):
   def _apply(self, v, direction):
     if self._mask == "channel":
       v_a, v_b = self._split(v)
-      out_b, log_scale = self._transform_and_ildj(v_b, v_a, direction)
+      out_b, log_scale = self._elementwise(v_b, v_a, direction)
       out = self._merge(v_a, out_b)
       ildj = (tf.zeros([], v.dtype) if log_scale is None
               else _shapes.sum_event(log_scale, self._event_ndims))
     else:
       m = self._checkerboard(v)
-      out_all, log_scale = self._transform_and_ildj(v, v * m, direction)
+      out_all, log_scale = self._elementwise(v, v * m, direction)
       out = m * v + (1. - m) * out_all
       ildj = (tf.zeros([], v.dtype) if log_scale is None
               else _shapes.sum_event((1. - m) * log_scale, self._event_ndims))
