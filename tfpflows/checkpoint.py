@@ -30,7 +30,6 @@ class FlowCheckpoint:
   """
 
   def __init__(self, model, directory, *, max_to_keep=3):
-    self.model = model
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     optimizer = getattr(model, "optimizer", None)
     self._groups = dict(model=_by_position(model.variables))

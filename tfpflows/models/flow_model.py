@@ -79,15 +79,16 @@ class FlowModel(keras.Model):
 
   @property
   def latent_shape(self):
-    """Shape of one latent event (`encode`'s output); the squeezed shape for images."""
-    return tuple(self.flow.bijector().inverse_event_shape(self.event_shape).as_list())
+    """Shape of one latent event (`encode`'s output): the data's shape for these flows."""
+    return tuple(self.bijector().inverse_event_shape(self.event_shape).as_list())
 
   def distribution(self, temperature=1.0):
     """`tfd.TransformedDistribution(N(0, T^2 I), bijector())` from the current weights."""
     bijector = self.bijector()
+    latent_shape = bijector.inverse_event_shape(self.event_shape)
     base = tfd.Sample(tfd.Normal(tf.zeros([], tf.float32),
                                  tf.cast(temperature, tf.float32)),
-                      sample_shape=self.latent_shape)
+                      sample_shape=latent_shape)
     return tfd.TransformedDistribution(base, bijector, name="flow_distribution")
 
   def log_prob(self, y):
