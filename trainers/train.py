@@ -192,6 +192,48 @@ class _TensorBoardScalars(keras.callbacks.Callback):
       writer.close()
 
 
+class _ResidualHealth(keras.callbacks.Callback):
+  """After each epoch, the residual blocks' health on a held-out batch.
+
+  `FlowModel.diagnostics`: each block's Lipschitz bound, sampled series length, spread of
+  the log-det estimate, and the fixed-point inverse's iterations and residual. Every block's
+  figures go to TensorBoard (<log_dir>/diagnostics, tags "<block>/<figure>"); the worst or
+  mean over blocks joins the epoch's logs, so the progress line and the train scalars show
+  them. Does nothing for flows without residual blocks.
+  """
+
+  _SUMMARY = (("lipschitz", max, "lipschitz_max"), ("series_terms", None, "series_terms"),
+              ("logdet_std", None, "logdet_std"), ("inverse_iterations", max, "inverse_iters"),
+              ("inverse_residual", max, "inverse_residual"))
+
+  def __init__(self, batch, log_dir):
+    super().__init__()
+    self._batch, self._log_dir, self._writer = batch, log_dir, None
+
+  def on_epoch_end(self, epoch, logs=None):
+    report = self.model.diagnostics(self._batch)
+    if not report:
+      return
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(os.path.join(self._log_dir, "diagnostics"))
+    step = _steps_done(self.model)
+    with self._writer.as_default():
+      for tag, value in report.items():
+        tf.summary.write(tag, tf.constant(value), step=step,
+                         metadata=_TensorBoardScalars._METADATA)
+    self._writer.flush()
+    if logs is None:
+      return
+    for figure, reduce, key in self._SUMMARY:
+      values = [v for k, v in report.items() if k.endswith("/" + figure)]
+      if values:
+        logs[key] = reduce(values) if reduce else sum(values) / len(values)
+
+  def on_train_end(self, logs=None):
+    if self._writer is not None:
+      self._writer.close()
+
+
 def _restore(config, model, first_batch):
   """Restores the latest checkpoint in model_dir, if any, else initialises ActNorm.
 
@@ -257,6 +299,8 @@ def run(config):
         initial_epoch=initial_epoch, validation_data=data.heldout,
         verbose=1 if sys.stdout.isatty() else 2, shuffle=False,
         callbacks=[
+            _ResidualHealth(next(iter(data.heldout)),
+                            os.path.join(config.model_dir, "tensorboard")),
             _TensorBoardScalars(os.path.join(config.model_dir, "tensorboard")),
             _SaveCheckpoint(checkpoint),
         ]).history

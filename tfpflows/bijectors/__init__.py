@@ -8,7 +8,14 @@ from tfpflows.bijectors.actnorm import ActNorm
 from tfpflows.bijectors.conv1x1 import Invertible1x1Conv, LUInvertible1x1Conv, lu_weight
 from tfpflows.bijectors.coupling import Coupling
 from tfpflows.bijectors.factor_out import FactorOut
+from tfpflows.bijectors.fixed_point import FixedPointInverse
+from tfpflows.bijectors.logdet import LogDetEstimator
+from tfpflows.bijectors.planar import Planar
+from tfpflows.bijectors.radial import Radial
+from tfpflows.bijectors.residual import ResidualBlock
 from tfpflows.bijectors.squeeze import Squeeze
+from tfpflows.bijectors.sylvester import Sylvester
 
-__all__ = ["ActNorm", "Coupling", "FactorOut", "Invertible1x1Conv", "LUInvertible1x1Conv",
-           "Squeeze", "lu_weight"]
+__all__ = ["ActNorm", "Coupling", "FactorOut", "FixedPointInverse", "Invertible1x1Conv",
+           "LUInvertible1x1Conv", "LogDetEstimator", "Planar", "Radial", "ResidualBlock",
+           "Squeeze", "Sylvester", "lu_weight"]

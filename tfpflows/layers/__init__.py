@@ -6,6 +6,10 @@ from tfpflows.layers.base import BijectorLayer
 from tfpflows.layers.conv1x1 import Conv1x1Layer, PermuteLayer
 from tfpflows.layers.coupling import CouplingLayer
 from tfpflows.layers.multiscale import ChainLayer, FactorOutLayer, SqueezeLayer
+from tfpflows.layers.residual import ResidualLayer
+from tfpflows.layers.simple_flows import (PlanarLayer, RadialLayer, ReshapeLayer, SylvesterLayer,
+                                          simple_flow_layers)
 
 __all__ = ["ActNormLayer", "BijectorLayer", "ChainLayer", "Conv1x1Layer", "CouplingLayer",
-           "FactorOutLayer", "PermuteLayer", "SqueezeLayer", "networks"]
+           "FactorOutLayer", "PermuteLayer", "PlanarLayer", "RadialLayer", "ReshapeLayer",
+           "ResidualLayer", "SqueezeLayer", "SylvesterLayer", "networks", "simple_flow_layers"]

@@ -54,7 +54,8 @@ class ActNormLayer(BijectorLayer):
                                        trainable=False, name="initialized",
                                        aggregation="only_first_replica")
 
-  def bijector(self):
+  def bijector(self, training=False):
+    del training
     return bijectors.ActNorm(tf.convert_to_tensor(self.loc), tf.convert_to_tensor(self.log_scale),
                              event_ndims=self.event_ndims, name=self.name)
 

@@ -17,11 +17,26 @@ class BijectorLayer(keras.layers.Layer):
   `inverse` after initialising itself (the normalizing direction, as in Glow).
   """
 
-  def bijector(self):
+  def bijector(self, training=False):
+    """The pure bijector built from the current weights.
+
+    `training=True` inside `fit`: layers whose bijector is stochastic or keeps running
+    state (residual blocks: the log-det estimator, spectral-norm power iteration) pick
+    their training setting; every other layer ignores it.
+    """
     raise NotImplementedError
 
   def data_init(self, y):
     """Initialises from data-side inputs `y`; returns the latent-side output."""
+    return self.bijector().inverse(y)
+
+  def diagnose(self, y, report):
+    """Adds health figures of stochastic or iterative layers to the dict `report`.
+
+    Walks the data-to-latent direction like `data_init`; returns the latent-side output.
+    Layers with nothing to report just map `y`.
+    """
+    del report
     return self.bijector().inverse(y)
 
   def call(self, y):

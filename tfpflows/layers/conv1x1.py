@@ -74,7 +74,8 @@ class Conv1x1Layer(BijectorLayer):
     self.log_scale = self.add_weight(shape=(self.channels,),
                                      initializer=const(np.log(np.abs(diag))), name="log_scale")
 
-  def bijector(self):
+  def bijector(self, training=False):
+    del training
     t = tf.convert_to_tensor
     if self.kind == "plain":
       return bijectors.Invertible1x1Conv(t(self.kernel), event_ndims=self.event_ndims,
@@ -103,5 +104,6 @@ class PermuteLayer(BijectorLayer):
         shape=(channels,), dtype="int32", trainable=False, name="permutation",
         initializer=keras.initializers.Constant(perm.astype("int32")))
 
-  def bijector(self):
+  def bijector(self, training=False):
+    del training
     return tfb.Permute(tf.convert_to_tensor(self.permutation), axis=-1, name=self.name)

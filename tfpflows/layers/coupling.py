@@ -34,6 +34,7 @@ class CouplingLayer(BijectorLayer):
                      else networks.mlp(hidden, out))
     self.conditioner = conditioner
 
-  def bijector(self):
+  def bijector(self, training=False):
+    del training
     return bijectors.Coupling(self.conditioner, mask=self.mask, transform=self.transform,
                               reverse=self.reverse, event_ndims=self.event_ndims, name=self.name)

@@ -22,12 +22,18 @@ class ChainLayer(BijectorLayer):
     super().__init__(**kwargs)
     self.flow_layers = list(layers)
 
-  def bijector(self):
-    return tfb.Chain([layer.bijector() for layer in self.flow_layers], name=self.name)
+  def bijector(self, training=False):
+    return tfb.Chain([layer.bijector(training=training) for layer in self.flow_layers],
+                     name=self.name)
 
   def data_init(self, y):
     for layer in self.flow_layers:
       y = layer.data_init(y)
+    return y
+
+  def diagnose(self, y, report):
+    for layer in self.flow_layers:
+      y = layer.diagnose(y, report)
     return y
 
 
@@ -42,7 +48,8 @@ class SqueezeLayer(BijectorLayer):
     super().__init__(**kwargs)
     self.factor, self.unsqueeze = factor, bool(unsqueeze)
 
-  def bijector(self):
+  def bijector(self, training=False):
+    del training
     squeeze = bijectors.Squeeze(self.factor, name=self.name)
     return squeeze if self.unsqueeze else tfb.Invert(squeeze, name=self.name)
 
@@ -68,12 +75,17 @@ class FactorOutLayer(BijectorLayer):
                else networks.zero_dense(2 * self.num_factored))
     self.prior = prior
 
-  def bijector(self):
-    return bijectors.FactorOut(self.inner.bijector(), self.prior,
+  def bijector(self, training=False):
+    return bijectors.FactorOut(self.inner.bijector(training=training), self.prior,
                                num_factored=self.num_factored, event_ndims=self.event_ndims,
                                name=self.name)
 
   def data_init(self, y):
     c = y.shape[-1]
     self.inner.data_init(y[..., :c - self.num_factored])
+    return self.bijector().inverse(y)
+
+  def diagnose(self, y, report):
+    c = y.shape[-1]
+    self.inner.diagnose(y[..., :c - self.num_factored], report)
     return self.bijector().inverse(y)

@@ -3,9 +3,12 @@
 import tensorflow as tf
 
 from tfpflows import layers as L
+from tfpflows.layers import simple_flows
+from tfpflows.models import residual_flows
 from tfpflows.models.flow_model import FlowModel
 
-NAMES = ("glow", "nice", "realnvp")
+COUPLING_NAMES = ("glow", "nice", "realnvp")
+NAMES = COUPLING_NAMES + residual_flows.NAMES + simple_flows.SIMPLE_NAMES
 PERMUTATIONS = ("lu", "plain", "reverse", "random")
 
 _DEFAULTS = {
@@ -13,6 +16,11 @@ _DEFAULTS = {
     "glow": ((8, 64), (4, 400)),
     "realnvp": ((8, 64), (4, 400)),
     "nice": ((8, 64), (4, 400)),
+    "iresnet": ((8, 64), (4, 128)),
+    "resflow": ((8, 64), (4, 128)),
+    "planar": ((16, 64), (16, 64)),
+    "radial": ((16, 64), (16, 64)),
+    "sylvester": ((8, 64), (8, 64)),
 }
 
 
@@ -70,7 +78,7 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
 
 def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0,
                permutation="lu"):
-  """Builds a `FlowModel` of Glow, RealNVP or NICE.
+  """Builds a `FlowModel`: Glow, RealNVP, NICE, i-ResNet, Residual Flow, planar, radial, Sylvester.
 
   Vectors (`event_shape = [D]`): `num_steps` steps on the whole vector, MLP conditioners.
   Images (`event_shape = [H, W, C]`, pixel values in `[0, 256)`): the multi-scale
@@ -83,8 +91,19 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   2014), and a final ActNorm as NICE's diagonal scaling. Conditioners: Glow's conv3x3 -
   conv1x1 - zero conv3x3 for images, a 2-layer MLP for vectors, `hidden` units wide.
 
+  Residual flows (`tfpflows.models.residual_flows`): steps of ActNorm and a residual block
+  `y + g(y)` with a spectrally normalised `g` (MLP `hidden`-`hidden` for vectors; conv3x3 -
+  conv1x1 - conv3x3 for images, in the same multi-scale architecture): `"resflow"` (Chen et
+  al. 2019: LipSwish, c = 0.98, Russian-roulette log-det with the Neumann gradient) and
+  `"iresnet"` (Behrmann et al. 2019: ELU, c = 0.9, 5-term power series). Evaluation uses
+  the exact log-det for events of at most 16 entries, else a low-variance estimator.
+
+  Planar, radial, Sylvester (`tfpflows.layers.simple_flows`): an ActNorm then `num_steps`
+  maps on the (flattened) event, each with its exact log-det; inverses by closed form or
+  bounded 1-D solves. Sylvester uses `M = min(D, hidden)` orthogonal columns.
+
   Args:
-    name: `"glow"`, `"realnvp"` or `"nice"`.
+    name: one of `NAMES`.
     event_shape: `[D]` (D >= 2) or `[H, W, C]` (H, W divisible by `2 ** num_levels`).
     num_levels: image levels `L` (default 3); must be None or 1 for vectors.
     num_steps: steps `K` per level (default 4 for images, 8 for vectors).
@@ -117,7 +136,13 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     raise ValueError(f"num_steps and hidden must be positive, got {num_steps} and {hidden}")
   spec = dict(name=name, event_shape=list(event_shape), num_steps=num_steps, hidden=hidden,
               seed=seed, permutation=permutation)
-  if image:
+  if name in simple_flows.SIMPLE_NAMES:
+    if num_levels not in (None, 1):
+      raise ValueError(f"num_levels applies to the multi-scale flows only; got {num_levels} "
+                       f"for {name}")
+    flow = L.ChainLayer(simple_flows.simple_flow_layers(
+        name, event_shape, num_steps=num_steps, hidden=hidden, seed=seed))
+  elif image:
     num_levels = 3 if num_levels is None else int(num_levels)
     h, w, c = event_shape
     if num_levels < 1:
@@ -126,8 +151,12 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
       raise ValueError(f"image size {h}x{w} is not divisible by 2**num_levels = "
                        f"{2 ** num_levels} (num_levels={num_levels})")
     spec["num_levels"] = num_levels
-    flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden, seed=seed,
-                        permutation=permutation)
+    if name in residual_flows.NAMES:
+      flow = residual_flows.residual_flow(name, event_shape, num_levels=num_levels,
+                                          num_steps=num_steps, hidden=hidden, seed=seed)
+    else:
+      flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden,
+                          seed=seed, permutation=permutation)
     if name == "nice":
       flow = L.ChainLayer([flow, L.ActNormLayer(c, event_ndims=3)])
   else:
@@ -136,11 +165,15 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     (d,) = event_shape
     if d < 2:
       raise ValueError(f"vector flows need D >= 2 dimensions, got {d}")
-    layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed,
-                    permutation=permutation)
-    if name == "nice":
-      layers.append(L.ActNormLayer(d, event_ndims=1))
-    flow = L.ChainLayer(layers)
+    if name in residual_flows.NAMES:
+      flow = residual_flows.residual_flow(name, event_shape, num_levels=1,
+                                          num_steps=num_steps, hidden=hidden, seed=seed)
+    else:
+      layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed,
+                      permutation=permutation)
+      if name == "nice":
+        layers.append(L.ActNormLayer(d, event_ndims=1))
+      flow = L.ChainLayer(layers)
   model = FlowModel(flow, event_shape, image=image, spec=spec, name=f"{name}_flow")
   model.build()  # every weight exists now, inside the caller's distribution scope
   model(tf.zeros((1,) + event_shape))  # creates every weight now, inside the caller's scope

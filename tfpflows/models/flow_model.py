@@ -73,29 +73,33 @@ class FlowModel(keras.Model):
       return tfb.Identity()
     return tfb.Chain([tfb.Scale(256.), tfb.Shift(0.5)], name="pixels")
 
-  def bijector(self):
-    """`tfb.Chain([pixel scaling, flow])`: latent -> data in `forward`."""
-    return tfb.Chain([self._preprocess(), self.flow.bijector()], name="flow")
+  def bijector(self, training=False):
+    """`tfb.Chain([pixel scaling, flow])`: latent -> data in `forward`.
+
+    `training=True` gives the training setting of stochastic layers (residual blocks'
+    log-det estimator); the default is the evaluation setting.
+    """
+    return tfb.Chain([self._preprocess(), self.flow.bijector(training=training)], name="flow")
 
   @property
   def latent_shape(self):
     """Shape of one latent event (`encode`'s output): the data's shape for these flows."""
     return tuple(self.bijector().inverse_event_shape(self.event_shape).as_list())
 
-  def distribution(self, temperature=1.0):
+  def distribution(self, temperature=1.0, training=False):
     """`tfd.TransformedDistribution(N(0, T^2 I), bijector())` from the current weights."""
-    bijector = self.bijector()
+    bijector = self.bijector(training=training)
     latent_shape = bijector.inverse_event_shape(self.event_shape)
     base = tfd.Sample(tfd.Normal(tf.zeros([], tf.float32),
                                  tf.cast(temperature, tf.float32)),
                       sample_shape=latent_shape)
     return tfd.TransformedDistribution(base, bijector, name="flow_distribution")
 
-  def log_prob(self, y):
-    return self.distribution().log_prob(tf.cast(y, tf.float32))
+  def log_prob(self, y, training=False):
+    return self.distribution(training=training).log_prob(tf.cast(y, tf.float32))
 
-  def call(self, y):
-    return self.log_prob(y)
+  def call(self, y, training=None):
+    return self.log_prob(y, training=bool(training))
 
   def sample(self, n, temperature=1.0, seed=None):
     return self.distribution(temperature).sample(n, seed=seed)
@@ -163,6 +167,21 @@ class FlowModel(keras.Model):
       warnings.warn("FlowModel.fit: ActNorm is not initialised; call model.initialize(batch) "
                     "first for Glow's data-dependent initialisation", stacklevel=2)
     return super().fit(x, *args, **kwargs)
+
+  def diagnostics(self, y):
+    """Health figures of the residual blocks on a data batch `y`, as a flat dict.
+
+    Keys `"<block>/<figure>"` (see `ResidualLayer.diagnose`: Lipschitz bound, series
+    length, the log-det estimate's spread, the fixed-point inverse's iterations and
+    residual); empty for flows without residual blocks.
+    """
+    from tfpflows.layers.residual import ResidualLayer  # pylint: disable=g-import-not-at-top
+    if not any(isinstance(l, ResidualLayer) for l in self._flatten_layers(recursive=True)):
+      return {}
+    report = {}
+    self.flow.diagnose(self._preprocess().inverse(tf.cast(y, tf.float32)), report)
+    return {f"{block}/{key}": float(keras.ops.convert_to_numpy(value))
+            for block, entries in report.items() for key, value in entries.items()}
 
   # -- training ------------------------------------------------------------------------
 
