@@ -93,6 +93,49 @@ def test_mock_mnist_in_process(tmp_path):
   assert os.path.getsize(result["plots"][0]) > 1000
 
 
+# Every model of the residual-flow issue on every kind of dataset, small and short.
+NEW_MODELS = [
+    ("resflow", "toy"), ("resflow", "tfds"), ("iresnet", "npy_images"), ("iresnet", "toy"),
+    ("planar", "toy"), ("radial", "npy_vectors"), ("sylvester", "npy_images"),
+]
+
+
+@pytest.mark.parametrize("model,kind", NEW_MODELS)
+def test_residual_and_simple_flows_in_the_trainer(tmp_path, model, kind):
+  from trainers import train  # pylint: disable=g-import-not-at-top
+  model_dir, export_dir = _dirs(tmp_path)
+  rng = np.random.RandomState(0)
+  dataset = {"toy": "checkerboard", "tfds": "mnist",
+             "npy_images": lambda: _npy(tmp_path, rng.randint(0, 256, (24, 8, 8, 1), np.uint8)),
+             "npy_vectors": lambda: _npy(tmp_path, rng.randn(40, 3).astype("float32"))}[kind]
+  dataset = dataset() if callable(dataset) else dataset
+  image = kind in ("tfds", "npy_images")
+  config = train.Config(model=model, dataset=dataset, data_dir=str(tmp_path / "tfds"),
+                        model_dir=model_dir, export_dir=export_dir, steps=4, eval_every=2,
+                        batch_size=8,
+                        num_levels=2 if image and model in ("resflow", "iresnet") else None,
+                        num_steps=1,
+                        hidden=8)
+  if kind == "tfds":
+    with tfds.testing.mock_data(num_examples=16):
+      result = train.run(config)
+  else:
+    result = train.run(config)
+  assert result["step"] == 4 and np.isfinite(result["metrics"]["nll"])
+  assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
+  assert all(os.path.getsize(p) > 1000 for p in result["plots"])
+  diagnostics = _scalars(os.path.join(model_dir, "tensorboard", "diagnostics"))
+  if model in ("resflow", "iresnet"):
+    figures = {tag.split("/")[-1] for tag in diagnostics}
+    assert figures == {"lipschitz", "series_terms", "logdet_std", "inverse_iterations",
+                       "inverse_residual"}
+    assert all(sorted(steps) == [2, 4] for steps in diagnostics.values())
+    train_scalars = _scalars(os.path.join(model_dir, "tensorboard", "train"))
+    assert "lipschitz_max" in train_scalars and "inverse_residual" in train_scalars
+  else:
+    assert not diagnostics
+
+
 # --------------------------------------------------------------------------- bad input
 
 

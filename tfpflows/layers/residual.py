@@ -12,6 +12,8 @@ __all__ = ["ResidualLayer", "EXACT_MAX_DIMS"]
 
 # Evaluation uses the exact log-det up to this event size (D backward passes per batch).
 EXACT_MAX_DIMS = 16
+# Power-iteration steps of the spectral-norm warm-up in `initialize`.
+WARMUP_ITERATIONS = 200
 
 
 class ResidualLayer(BijectorLayer):
@@ -59,6 +61,18 @@ class ResidualLayer(BijectorLayer):
         lambda x: self.network(x, training=training), logdet=estimator,
         inverse=self.inverse_config, event_ndims=self.event_ndims, seed=seed,
         fuse_logdet=training, name=self.name)
+
+  def warm_up(self):
+    """Warms up `g`'s spectral-norm power iteration (`FlowModel.initialize` calls it).
+
+    `WARMUP_ITERATIONS` steps from the random initial vectors, as Residual Flows does at
+    construction: afterwards a few steps per training call keep the vectors on the top
+    singular vectors (for convolutions, whose top singular values lie close together, a
+    cold start leaves the normalised norm several percent above the coefficient).
+    """
+    update = getattr(self.network, "update_vectors", None)
+    if callable(update):
+      tf.function(lambda: update(WARMUP_ITERATIONS))()
 
   def lipschitz_bound(self):
     """Upper bound on `Lip(g)` (product of the normalised layer norms), or None."""

@@ -130,6 +130,7 @@ class FlowModel(keras.Model):
   def initialize(self, y):
     """Data-dependent initialisation of every ActNorm on a batch `y`, data side first.
 
+    Residual blocks first warm up their spectral normalisation (`ResidualLayer.warm_up`).
     `y` is a batch `[B, *event_shape]`, or a per-replica value from a distributed dataset
     (`strategy.experimental_distribute_dataset`), in which case each ActNorm uses the
     statistics of the global batch (all-reduced across replicas).
@@ -142,11 +143,19 @@ class FlowModel(keras.Model):
       parts = strategy.experimental_local_results(y)
       batch = sum(int(p.shape[0]) for p in parts)
       self._check_init_batch(parts[0].shape[1:], batch)
+      self._warm_up()
       strategy.run(self._data_init, args=(y,))
       return
     y = tf.convert_to_tensor(y, tf.float32)
     self._check_init_batch(y.shape[1:], int(y.shape[0]))
+    self._warm_up()
     self._data_init(y)
+
+  def _warm_up(self):
+    """Residual blocks' spectral-norm warm-up, in the cross-replica context."""
+    for layer in self._flatten_layers(include_self=False, recursive=True):
+      if callable(getattr(layer, "warm_up", None)):
+        layer.warm_up()
 
   def _check_init_batch(self, event_shape, batch):
     if tuple(event_shape) != self.event_shape:

@@ -15,6 +15,9 @@ SETTINGS = {
     # memory-efficient Neumann gradient.
     "resflow": ("lipswish", 0.98, LogDetEstimator.resflow()),
 }
+# Power-iteration steps per training call of each spectral-norm layer (normflows' default;
+# one step lets fast-changing convolution kernels outrun the estimate by a few percent).
+POWER_ITERATIONS = 5
 
 
 def _block(name, event_shape, *, hidden, seed, first=False):
@@ -23,12 +26,13 @@ def _block(name, event_shape, *, hidden, seed, first=False):
   channels = event_shape[-1]
   if len(event_shape) == 1:
     net = lipschitz.lipschitz_mlp(channels, (hidden, hidden), activation=activation,
-                                  coeff=coeff)
+                                  coeff=coeff, n_iterations=POWER_ITERATIONS)
   else:
     # Residual Flows drops the pre-activation of a model's first block (it would act on
     # the data directly).
     net = lipschitz.lipschitz_conv_net(channels, hidden, activation=activation, coeff=coeff,
-                                       preactivation=not first)
+                                       preactivation=not first,
+                                       n_iterations=POWER_ITERATIONS)
   return [L.ActNormLayer(channels, event_ndims=len(event_shape)),
           ResidualLayer(net, event_shape, train_logdet=estimator, seed=seed)]
 
