@@ -114,6 +114,8 @@ def test_spectral_norm_at_most_coefficient_after_training(kind):
 
 def test_training_draws_afresh_and_evaluation_is_exact_in_2d():
   model, data = _model("resflow", "vec")
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))   # a new g is 0: train it a little
+  model.fit(data, batch_size=32, epochs=1, verbose=0)
   x = tf.constant(data[:16])
   a = model.log_prob(x, training=True).numpy()
   b = model.log_prob(x, training=True).numpy()
@@ -124,10 +126,10 @@ def test_training_draws_afresh_and_evaluation_is_exact_in_2d():
 
 
 def test_nll_decreases_and_samples_invert():
-  model, data = _model("resflow", "vec", num_steps=3)
-  model.compile(optimizer=keras.optimizers.Adam(5e-3))
+  model, data = _model("resflow", "vec")
+  model.compile(optimizer=keras.optimizers.Adam(1e-2))
   nll0 = -float(tf.reduce_mean(model.log_prob(data)))
-  model.fit(tf.data.Dataset.from_tensor_slices(data).batch(64).repeat(), steps_per_epoch=60,
+  model.fit(tf.data.Dataset.from_tensor_slices(data).batch(64).repeat(), steps_per_epoch=30,
             epochs=1, verbose=0)
   assert -float(tf.reduce_mean(model.log_prob(data))) < nll0 - 0.05
   z = model.encode(data[:32])
@@ -137,6 +139,7 @@ def test_nll_decreases_and_samples_invert():
   assert set(k.split("/")[1] for k in report) == {
       "lipschitz", "series_terms", "logdet_std", "inverse_iterations", "inverse_residual"}
   assert all(0 < v <= 0.98 ** 3 + 1e-3 for k, v in report.items() if k.endswith("/lipschitz"))
+  assert all(v >= 3 for k, v in report.items() if k.endswith("/series_terms"))
   assert all(v < 1e-4 for k, v in report.items() if k.endswith("/inverse_residual"))
 
 
@@ -148,24 +151,22 @@ def test_fit_under_xla():
   assert np.isfinite(hist.history["loss"][-1])
 
 
-@pytest.mark.parametrize("fmt", ["keras", "checkpoint"])
-def test_save_and_restore_keeps_log_prob(tmp_path, fmt):
+def test_save_and_restore_keeps_log_prob(tmp_path):
   model, data = _model("resflow", "vec")
   model.compile(optimizer=keras.optimizers.Adam(1e-2))
   model.fit(tf.data.Dataset.from_tensor_slices(data).batch(8).repeat(), steps_per_epoch=3,
             epochs=1, verbose=0)
   expected = model.log_prob(data).numpy()
-  if fmt == "keras":
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    restored = keras.models.load_model(path)
-  else:
-    FlowCheckpoint(model, tmp_path / "ckpt").save(3)
-    restored = build_flow("resflow", **VEC, seed=5)
-    restored.compile(optimizer=keras.optimizers.Adam(1e-2))
-    assert FlowCheckpoint(restored, tmp_path / "ckpt").restore_latest() == 3
-  assert restored.initialized
-  np.testing.assert_allclose(restored.log_prob(data).numpy(), expected, rtol=1e-6, atol=1e-6)
+  path = str(tmp_path / "m.keras")
+  model.save(path)
+  FlowCheckpoint(model, tmp_path / "ckpt").save(3)
+  from_keras = keras.models.load_model(path)
+  from_checkpoint = build_flow("resflow", **VEC, seed=5)
+  from_checkpoint.compile(optimizer=keras.optimizers.Adam(1e-2))
+  assert FlowCheckpoint(from_checkpoint, tmp_path / "ckpt").restore_latest() == 3
+  for restored in (from_keras, from_checkpoint):
+    assert restored.initialized
+    np.testing.assert_allclose(restored.log_prob(data).numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["vec", "img"])

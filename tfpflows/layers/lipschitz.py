@@ -40,6 +40,8 @@ References:
   Miyato, Kataoka, Koyama, Yoshida. Spectral Normalization for GANs. ICLR 2018.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -458,6 +460,32 @@ class LipschitzNetwork(keras.layers.Layer):
       shape = tuple(layer.compute_output_shape(shape))
     return shape
 
+  def frozen(self):
+    """`g` in the evaluation setting as a plain function, its kernels normalised once.
+
+    `call(x, training=False)` runs `eval_iterations` power-iteration steps on every call;
+    repeated evaluations with fixed weights (the fixed-point inverse, the exact log-det)
+    use this instead: the same map, the power iteration run once here. Gradients still
+    reach the raw weights through the normalised kernels.
+    """
+    if not self.built:                   # the first call builds the weights
+      return lambda x: self(x, training=False)
+    steps = []
+    for layer in self.net_layers:
+      if isinstance(layer, _SpectralNormBase):
+        kernel = layer.normalized_kernel(training=False)
+        bias = None if layer.bias is None else tf.convert_to_tensor(layer.bias.value)
+        steps.append(functools.partial(_apply_frozen, layer, kernel, bias))
+      else:
+        steps.append(layer)
+
+    def g(x):
+      for step in steps:
+        x = step(x)
+      return x
+
+    return g
+
   def lipschitz_bound(self, n_iterations=None):
     """Product of the normalised spectral norms (`<= coeff ** num_spectral_layers`)."""
     bound = tf.ones([], tf.float32)
@@ -480,6 +508,11 @@ class LipschitzNetwork(keras.layers.Layer):
     config = dict(config)
     config["layers"] = [keras.saving.deserialize_keras_object(l) for l in config["layers"]]
     return cls(**config)
+
+
+def _apply_frozen(layer, kernel, bias, x):
+  y = layer._apply(x, tf.cast(kernel, x.dtype))  # pylint: disable=protected-access
+  return y if bias is None else y + tf.cast(bias, y.dtype)
 
 
 def _widths(hidden):

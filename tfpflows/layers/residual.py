@@ -37,6 +37,8 @@ class ResidualLayer(BijectorLayer):
     seed: seed of the estimator's seed stream.
   """
 
+  iterative = True   # fixed-point inverse, series: FlowModel runs eager calls as graphs
+
   def __init__(self, network, event_shape, *, train_logdet=None, eval_logdet=None,
                inverse=None, seed=None, **kwargs):
     super().__init__(**kwargs)
@@ -57,8 +59,13 @@ class ResidualLayer(BijectorLayer):
     """The block from the current weights; `logdet` overrides the estimator."""
     estimator = logdet or (self.train_logdet if training else self.eval_logdet)
     seed = self._next_seed() if estimator.stochastic else tf.zeros([2], tf.int32)
+    frozen = getattr(self.network, "frozen", None)
+    if not training and callable(frozen):
+      g = frozen()                       # spectral norms computed once for this block
+    else:
+      g = lambda x: self.network(x, training=training)
     return bijectors.ResidualBlock(
-        lambda x: self.network(x, training=training), logdet=estimator,
+        g, logdet=estimator,
         inverse=self.inverse_config, event_ndims=self.event_ndims, seed=seed,
         fuse_logdet=training, name=self.name)
 

@@ -53,6 +53,8 @@ class PlanarLayer(BijectorLayer):
     seed: seed of the initial values.
   """
 
+  iterative = True   # inverse by bounded 1-D solves
+
   def __init__(self, dim, *, seed=0, **kwargs):
     super().__init__(**kwargs)
     self.dim = _check_dim(dim, "PlanarLayer")
@@ -113,6 +115,8 @@ class SylvesterLayer(BijectorLayer):
     num_reflections: `K` for `"householder"` (default `min(D, 8)`).
     seed: seed of the initial values.
   """
+
+  iterative = True   # inverse by bounded 1-D solves
 
   def __init__(self, dim, *, num_hidden=None, kind="orthogonal", num_reflections=None,
                seed=0, **kwargs):

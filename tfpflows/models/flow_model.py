@@ -95,20 +95,46 @@ class FlowModel(keras.Model):
                       sample_shape=latent_shape)
     return tfd.TransformedDistribution(base, bijector, name="flow_distribution")
 
+  def _iterative(self):
+    """Whether some layer inverts or estimates iteratively (`iterative = True`)."""
+    if "_has_iterative" not in self.__dict__:
+      self.__dict__["_has_iterative"] = any(
+          getattr(l, "iterative", False) for l in self._flatten_layers(recursive=True))
+    return self.__dict__["_has_iterative"]
+
+  def _graph(self, name, fn):
+    """`fn` as a `tf.function` when called eagerly (cached per method) in a model with
+    iterative layers, else `fn` itself.
+
+    Iterative parts (fixed-point inverses, power iteration, series) run op by op in eager
+    mode; one traced graph per method makes eager calls of `log_prob`, `sample`, `encode`
+    and `decode` fast. Inside `fit` or another `tf.function` the plain method is traced.
+    """
+    if not tf.executing_eagerly() or not self._iterative():
+      return fn
+    cache = self.__dict__.setdefault("_eager_graphs", {})
+    if name not in cache:
+      cache[name] = tf.function(fn, reduce_retracing=True)
+    return cache[name]
+
   def log_prob(self, y, training=False):
-    return self.distribution(training=training).log_prob(tf.cast(y, tf.float32))
+    fn = lambda y: self.distribution(training=training).log_prob(y)
+    return self._graph(f"log_prob_{bool(training)}", fn)(tf.cast(y, tf.float32))
 
   def call(self, y, training=None):
     return self.log_prob(y, training=bool(training))
 
   def sample(self, n, temperature=1.0, seed=None):
+    if seed is None:
+      return self._graph("sample", lambda n, t: self.distribution(t).sample(n))(
+          tf.constant(n, tf.int32), tf.constant(temperature, tf.float32))
     return self.distribution(temperature).sample(n, seed=seed)
 
   def encode(self, y):
-    return self.bijector().inverse(tf.cast(y, tf.float32))
+    return self._graph("encode", lambda y: self.bijector().inverse(y))(tf.cast(y, tf.float32))
 
   def decode(self, z):
-    return self.bijector().forward(tf.cast(z, tf.float32))
+    return self._graph("decode", lambda z: self.bijector().forward(z))(tf.cast(z, tf.float32))
 
   def bits_per_dim(self, log_prob):
     return -log_prob / (self.num_dims * math.log(2.))
