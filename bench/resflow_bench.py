@@ -5,7 +5,7 @@ better for us) come together at the end of the output.
 
 1. memory (ours only)
    Peak memory of one training step of an image Residual Flow
-   (``build_flow("resflow", (32, 32, 3), num_levels=2, num_steps=2, hidden=64)``, batch 32)
+   (``build_flow("resflow", (32, 32, 3), num_levels=2, num_steps=2, hidden=64)``, batch 64)
    with every ``ResidualLayer.train_logdet`` set to a deterministic
    ``LogDetEstimator(method="series", n_terms=k, neumann_gradient=...)``; everything else
    (spectral normalisation: 1 power iteration per call, seeds, data) is identical.
@@ -244,7 +244,7 @@ def memory_worker(cfg: dict) -> dict:
         tf.config.experimental.reset_memory_stats("CPU:0")
         t0 = time.perf_counter()
         logs = step(x)
-        losses.append(float(logs["loss"]))
+        losses.append(float(logs["loss"] if isinstance(logs, dict) else logs))
         times.append(time.perf_counter() - t0)
         peaks.append(mem()["peak"])
         if i == 0 and rss_ok:
@@ -485,17 +485,20 @@ def speed_worker(args) -> int:
     return 0
 
 
-def run_speed(args, ratios: dict) -> None:
-    names = [n for n in args.speed_systems.split(",") if n]
+def run_speed(args, ratios: dict, pre=None) -> None:
+    names = speed_names(args)
     print(f"## speed: 2D Residual Flow, {args.num_blocks} blocks [ActNorm, x + g(x)], "
           f"g = LipSwish MLP 2-64-64-2, c={COEFF}, roulette log-det (2 exact terms, "
           f"geometric p=0.5) with the Neumann gradient, batch {BATCH_2D}, Adam({LR}), "
           f"power iterations per step = {args.power_iters} on both sides; threads={THREADS} "
           f"rounds={args.rounds} seconds/round={args.seconds}", flush=True)
+    own = pre is None
+    if own:
+        pre = Prestart(args, ["speed"])
+    pre.wait()
     workers, info = {}, {}
     for name in names:
-        w = Worker("speed_" + name, args, [])
-        msg = w.read()
+        w, msg = pre.ready[("speed", name)]
         if not msg.get("ready"):
             print(f"setup {name}: FAILED ({msg.get('error')})", flush=True)
             w.close()
@@ -532,6 +535,8 @@ def run_speed(args, ratios: dict) -> None:
     finally:
         for w in workers.values():
             w.close()
+        if own:
+            pre.close()
     med = {k: statistics.median(x["steps_s"] for x in v) for k, v in results.items()}
     for k, v in med.items():
         per = ", ".join(f"{x['steps_s']:.2f}" for x in results[k])
@@ -741,20 +746,70 @@ def quality_worker(args) -> int:
     return 0
 
 
-def run_quality(args, ratios: dict) -> None:
-    import numpy as np
+def speed_names(args) -> list[str]:
+    return [n for n in args.speed_systems.split(",") if n]
 
+
+class Prestart:
+    """Starts the speed workers and ours' quality workers at once, so that their untimed
+    set-up (building, and the ~30 s trace of our first step) overlaps the memory part,
+    whose allocator figures do not depend on CPU load. `wait()` collects every ready
+    message; it is called before anything is timed, so no set-up overlaps a timed run."""
+
+    def __init__(self, args, parts):
+        self.data_dir = tempfile.mkdtemp(prefix="resflow_bench_")
+        self.workers = {}
+        if "speed" in parts:
+            for name in speed_names(args):
+                self.workers[("speed", name)] = Worker("speed_" + name, args, [])
+        if "quality" in parts:
+            for d in [d for d in args.densities.split(",") if d]:
+                self.workers[("quality", d)] = Worker(
+                    "quality_ours", args, [f"--density={d}", f"--data-dir={self.data_dir}"])
+        self.ready = None
+
+    def wait(self):
+        if self.ready is None:
+            t0 = time.perf_counter()
+            self.ready = {k: (w, w.read()) for k, w in self.workers.items()}
+            if self.workers:
+                print(f"# workers' set-up: waited {time.perf_counter() - t0:.0f} s for "
+                      f"{len(self.workers)} worker(s)", flush=True)
+        return self.ready
+
+    def close(self):
+        for w in self.workers.values():
+            w.close()
+        import shutil
+
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def run_quality(args, ratios: dict, pre=None) -> None:
     densities = [d for d in args.densities.split(",") if d]
     print(f"## quality: the speed part's two flows trained {args.budget:.0f} s each "
           f"(training steps only) in alternating slices of {args.slice:.0f} s, batch "
           f"{BATCH_2D}, power iterations per step = {args.power_iters}; test NLL on "
           f"{args.n_test} fresh draws (toy_sample seed {TEST_SEED}), exact 2D log-dets; "
           f"grid integral over [-6, 6]^2 ({args.grid}^2 cells)", flush=True)
-    data_dir = tempfile.mkdtemp(prefix="resflow_bench_")
+    own = pre is None
+    if own:
+        pre = Prestart(args, ["quality"])
+    pre.wait()
+    try:
+        quality_densities(args, ratios, pre, densities)
+    finally:
+        if own:
+            pre.close()
+
+
+def quality_densities(args, ratios, pre, densities) -> None:
+    import numpy as np
+
+    data_dir = pre.data_dir
     for density in densities:
         extra = [f"--density={density}", f"--data-dir={data_dir}"]
-        ours = Worker("quality_ours", args, extra)
-        msg_o = ours.read()
+        ours, msg_o = pre.ready[("quality", density)]
         if not msg_o.get("ready"):
             print(f"quality {density} ours: setup FAILED ({msg_o.get('error')})", flush=True)
             ours.close()
@@ -939,11 +994,26 @@ def parent_main(args) -> int:
           f"python={sys.version.split()[0]} cpus={os.cpu_count()} "
           f"loadavg={os.getloadavg()[0]:.2f}", flush=True)
     ratios: dict[str, float] = {}
-    for part, fn in (("memory", run_memory), ("speed", run_speed), ("quality", run_quality)):
-        if part in parts:
+    # The speed and quality workers set up during the memory part (--no-prestart: each
+    # part starts its own); all are ready before the first timed run.
+    pre = Prestart(args, parts) if not args.no_prestart else None
+    try:
+        for part in ("memory", "speed", "quality"):
+            if part not in parts:
+                continue
+            if part != "memory" and pre is not None:
+                pre.wait()
             t0 = time.perf_counter()
-            fn(args, ratios)
+            if part == "memory":
+                run_memory(args, ratios)
+            elif part == "speed":
+                run_speed(args, ratios, pre)
+            else:
+                run_quality(args, ratios, pre)
             print(f"# {part} part: {time.perf_counter() - t0:.0f} s", flush=True)
+    finally:
+        if pre is not None:
+            pre.close()
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s")
     for name in ("resflow_memory_flat", "resflow_memory_vs_naive",
                  "resflow_step_vs_normflows", "resflow_gap_vs_normflows"):
@@ -964,7 +1034,7 @@ def main(argv=None) -> int:
     p.add_argument("--mem-levels", type=int, default=2)
     p.add_argument("--mem-steps", type=int, default=2)
     p.add_argument("--mem-hidden", type=int, default=64)
-    p.add_argument("--mem-batch", type=int, default=32)
+    p.add_argument("--mem-batch", type=int, default=64)
     p.add_argument("--mem-executions", type=int, default=3,
                    help="step executions measured per configuration")
     p.add_argument("--mem-inter-op", type=int, default=1,
@@ -998,6 +1068,9 @@ def main(argv=None) -> int:
     p.add_argument("--pool-size", type=int, default=POOL_SIZE)
     p.add_argument("--grid", type=int, default=300, help="grid cells per axis (integral)")
     p.add_argument("--verbose", action="store_true", help="print every training slice")
+    p.add_argument("--no-prestart", action="store_true",
+                   help="start each part's workers when the part begins (default: the speed "
+                        "and quality workers set up during the memory part)")
     p.add_argument("--log-dir", default="", help="write each worker's stderr here")
     # internal (worker processes)
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)

@@ -169,9 +169,11 @@ def test_save_and_restore_keeps_log_prob(tmp_path):
     np.testing.assert_allclose(restored.log_prob(data).numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["vec", "img"])
-def test_saved_model_serves_without_tfpflows(tmp_path, kind):
-  model, data = _model("resflow", kind)
+@pytest.mark.parametrize("name,kind", [("resflow", "vec"), ("resflow", "img"),
+                                       ("sylvester", "vec")])
+def test_saved_model_serves_without_tfpflows(tmp_path, name, kind):
+  """Fixed-point and 1-D-solve inverses included, served by plain TensorFlow."""
+  model, data = _model(name, kind)
   model.compile(optimizer=keras.optimizers.Adam(1e-2))
   model.fit(tf.data.Dataset.from_tensor_slices(data).batch(8).repeat(), steps_per_epoch=2,
             epochs=1, verbose=0)
