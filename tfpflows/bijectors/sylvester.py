@@ -68,7 +68,8 @@ def _solve_rows(v, r, r_tilde, bias, max_iterations):
     c = tf.linalg.matvec(w, tf.gather(r_tilde, i)) + tf.gather(bias, i)
     wi = solve_tanh_equation(s, tf.gather(diag_r, i), tf.gather(diag_rt, i), c,
                              tf.gather(opd, i), max_iterations=max_iterations)
-    return k + 1, w + wi[:, None] * tf.one_hot(i, m, dtype=v.dtype)[None, :]
+    step = wi[:, None] * tf.one_hot(i, m, dtype=v.dtype)[None, :]
+    return k + 1, tf.ensure_shape(w + step, w.shape)   # one_hot's depth is dynamic
 
   _, w = tf.while_loop(lambda k, w: k < m, body, (tf.constant(0), tf.zeros_like(v)),
                        maximum_iterations=m)
