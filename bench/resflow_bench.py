@@ -8,29 +8,34 @@ better for us) come together at the end of the output.
    (``build_flow("resflow", (32, 32, 3), num_levels=2, num_steps=2, hidden=64)``, batch 64)
    with every ``ResidualLayer.train_logdet`` set to a deterministic
    ``LogDetEstimator(method="series", n_terms=k, neumann_gradient=...)``; everything else
-   (spectral normalisation: 1 power iteration per call, seeds, data) is identical.
-   Configurations: Neumann gradient at k = 2, 10, 20; plain backpropagation through the
-   series ("naive") at k = 10; and, to check the method, Neumann and naive at k = 10 on
+   (spectral normalisation with the library's power iterations per call, seeds, data) is
+   identical. Configurations: Neumann gradient at k = 2, 10, 20; plain backpropagation
+   through the series ("naive") at k = 10; and, to check the method, both at k = 10 on
    half the batch (the step's memory should scale with the batch).
 
    Method. Each configuration runs in a fresh worker process with
    ``TF_CPU_ALLOCATOR_USE_BFC=true``, so every tensor TensorFlow allocates on the CPU goes
-   through one BFC allocator whose byte counts ``tf.config.experimental.get_memory_info``
-   reports (current and peak bytes in use, rounded to the allocator's chunks). The
-   default CPU allocator of a oneDNN build cannot be used: it sends allocations of
-   <= 256 KiB to a separate pool and reports the peak as the *larger* of the two pools'
-   peaks, not of their sum (a tf.function holding 20 MB of 200 KB tensors reports a peak
-   of 0 there, 19.6 MiB under BFC). The worker builds the model, initialises ActNorm,
-   builds the optimizer, and traces ``tf.function(model.train_step)`` (the step ``fit``
-   runs) with ``get_concrete_function`` -- tracing executes nothing. It then records the
-   bytes in use (weights, optimizer slots, the batch), resets the peak, and executes the
-   step ``--mem-executions`` times. Reported: ``step_peak`` = the highest allocator peak
-   over the executions minus the bytes in use before the first one (the extra memory a
-   training step needs; ratios use it), the absolute peak, and as a cross-check the rise
-   of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) during the
-   first execution, which also counts one-off costs (oneDNN kernels, thread stacks).
-   Memory workers use 1 inter-op thread (2 intra-op), so ops run in one fixed order and
-   the peak is reproducible; with 2 inter-op threads it varies by ~20 % between runs.
+   through one BFC allocator, whose bytes in use and peak
+   ``tf.config.experimental.get_memory_info("CPU:0")`` reports. (The default CPU allocator
+   of a oneDNN build cannot be used: it serves allocations of <= 256 KiB from a separate
+   pool and reports the *larger* of the two pools' peaks, not the peak of their sum; a
+   tf.function holding 20 MB of 200 KB tensors reports a peak of 0 there, 19.6 MiB under
+   BFC.) The worker builds the model, initialises it, builds the optimizer, then
+   ``--mem-instances`` times: traces a new ``tf.function(model.train_step)`` (the step
+   ``fit`` runs) with ``get_concrete_function`` -- tracing executes nothing --, records
+   the bytes in use (weights, optimizer slots, the batch), resets the peak and executes
+   the step ``--mem-executions`` times. A trace's ``step_peak`` is its highest peak minus
+   the bytes in use before its first execution (the extra memory a training step needs);
+   the configuration's figure, used by the ratios, is the median over its traces, printed
+   with their range. Why several traces: the peak depends on the order in which the
+   executor runs independent ops (the log-det series of different blocks need not run
+   one after another), which is fixed per traced function but differs between traces,
+   by up to +-20 % here, while executions of one trace agree within ~3 %. Workers use 1
+   inter-op thread (2 intra-op). Cross-checks, printed: the first trace's execution
+   replayed from ``tf.profiler``'s allocator events (peak of the bytes live tensors
+   *requested*, and of the BFC chunks they hold, which can be up to twice as large), and
+   the rise of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) over
+   the first execution, which also counts one-off costs (oneDNN kernels, thread stacks).
 
 2. speed
    One training step of the 2D Residual Flow of normflows' ``examples/residual.ipynb``
@@ -63,10 +68,10 @@ better for us) come together at the end of the output.
    ``toy_dataset`` (fresh draws); normflows on a pool of 2**21 draws from the same
    generator (``toy_sample``, another seed), taken in order. The two train in alternating
    slices of ``--slice`` seconds, so machine-load drift hits both alike; the CPU other jobs
-   used is printed. Before training: ours ``model.initialize(first batch)`` and 200 power
-   iterations per spectral-norm layer (``initialize`` runs ``ResidualLayer.warm_up``; what
-   normflows' layers run at construction); normflows' ActNorm initialises on its first batch. One untimed step
-   each (ours: the trace).
+   used is printed. Before training: ours ``model.initialize(first batch)``, which also
+   runs 200 power iterations per spectral-norm layer (``ResidualLayer.warm_up``), as
+   normflows' layers do at construction; normflows' ActNorm initialises on its first
+   batch. One untimed step each (ours: the trace, ~30 s; normflows: ~0.1 s).
    Evaluation on the same ``--n-test`` fresh draws for both, with each side's exact 2D
    log-det: ours ``model.log_prob`` (every ``ResidualLayer.eval_logdet`` is
    ``LogDetEstimator.exact()`` for 2D, checked), normflows ``model.eval()`` then
@@ -86,8 +91,8 @@ Output ends with::
 
 Usage::
 
-    python bench/resflow_bench.py                  # everything (~15 min on 2 cores)
-    python bench/resflow_bench.py --quick          # smoke run, tiny sizes (~2 min)
+    python bench/resflow_bench.py                  # everything (~15 min on 2 quiet cores)
+    python bench/resflow_bench.py --quick          # smoke run, tiny sizes (< 2 min)
     python bench/resflow_bench.py --parts memory   # one part (memory, speed, quality)
     python bench/resflow_bench.py --parts quality --budget 120 --densities checkerboard
 """
@@ -206,7 +211,8 @@ def fit_marker(marks):
 # --------------------------------------------------------------------------- 1. memory
 def memory_worker(cfg: dict) -> dict:
     """One configuration in this fresh process (TF_CPU_ALLOCATOR_USE_BFC=true set by the
-    parent): trace the train step, then measure the allocator peak of its executions."""
+    parent): build the model, then `instances` times trace a new train-step function and
+    measure its executions (each trace is scheduled differently; see the docstring)."""
     import gc
 
     tf = setup_tf(inter_op=cfg["inter_op"])
@@ -230,49 +236,117 @@ def memory_worker(cfg: dict) -> dict:
         layer.train_logdet = est
     model.compile(optimizer=keras.optimizers.Adam(LR))
     model.optimizer.build(model.trainable_variables)
-    step = tf.function(model.train_step)
-    t0 = time.perf_counter()
-    step.get_concrete_function(x)   # traces; executes nothing
-    trace_s = time.perf_counter() - t0
-    gc.collect()
     mem = lambda: tf.config.experimental.get_memory_info("CPU:0")  # noqa: E731
-    base = mem()["current"]
-    rss0 = _status_bytes("VmRSS")
-    rss_ok = _reset_peak_rss()
-    peaks, times, losses, rss_rise = [], [], [], None
-    for i in range(cfg["executions"]):
-        tf.config.experimental.reset_memory_stats("CPU:0")
+    ins = []
+    for i in range(cfg["instances"]):
+        step = tf.function(model.train_step)
         t0 = time.perf_counter()
-        logs = step(x)
-        losses.append(float(logs["loss"] if isinstance(logs, dict) else logs))
-        times.append(time.perf_counter() - t0)
-        peaks.append(mem()["peak"])
-        if i == 0 and rss_ok:
-            rss_rise = _status_bytes("VmHWM") - rss0
-    params = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
-    return {"base_mib": base / MIB, "peak_mib": max(peaks) / MIB,
-            "step_peak_mib": (max(peaks) - base) / MIB,
-            "exec_step_mib": [(p - base) / MIB for p in peaks],
-            "rss_rise_mib": None if rss_rise is None else rss_rise / MIB,
-            "trace_s": trace_s, "exec_s": times, "loss": losses[-1], "params": params,
+        step.get_concrete_function(x)   # traces; executes nothing
+        trace_s = time.perf_counter() - t0
+        gc.collect()
+        base = mem()["current"]
+        rss0 = _status_bytes("VmRSS")
+        rss_ok = i == 0 and _reset_peak_rss()
+        peaks, times, losses, rss_rise = [], [], [], None
+        for j in range(cfg["executions"]):
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            t0 = time.perf_counter()
+            logs = step(x)
+            losses.append(float(logs["loss"] if isinstance(logs, dict) else logs))
+            times.append(time.perf_counter() - t0)
+            peaks.append(mem()["peak"])
+            if j == 0 and rss_ok:
+                rss_rise = _status_bytes("VmHWM") - rss0
+        profiled = (profiled_step_peak(tf, lambda: step(x)) if i == 0 and cfg["profiled"]
+                    else None)
+        ins.append({"base_mib": base / MIB, "peak_mib": max(peaks) / MIB,
+                    "step_peak_mib": (max(peaks) - base) / MIB,
+                    "exec_step_mib": [(p - base) / MIB for p in peaks],
+                    "profiled": profiled,
+                    "rss_rise_mib": None if rss_rise is None else rss_rise / MIB,
+                    "trace_s": trace_s, "exec_s": times, "loss": losses[-1]})
+        del step
+        gc.collect()
+    steps = sorted(r["step_peak_mib"] for r in ins)
+    return {"instances": ins,
+            "step_peak_mib": statistics.median(steps),
+            "step_peak_range": [steps[0], steps[-1]],
+            "peak_mib": statistics.median(r["peak_mib"] for r in ins),
+            "base_mib": statistics.median(r["base_mib"] for r in ins),
+            "params": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
             "blocks": len(blocks), "estimator": repr(est),
             "power_iters": sorted({l.n_iterations for l in spectral_layers(model)}),
             "allocator_bfc": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "")}
 
 
+def profiled_step_peak(tf, run) -> dict:
+    """Runs `run()` under tf.profiler and replays its allocator events.
+
+    The allocator emits a MemoryAllocation / MemoryDeallocation event per tensor, with the
+    bytes the op requested and the bytes of the chunk BFC handed out (up to twice as
+    many: BFC splits a free chunk only when it is at least twice the request). Replaying
+    the events in time order gives the peak, above the bytes in use before `run`, of the
+    bytes requested by live tensors (`requested`) and of the chunks they hold (`chunks`,
+    what `get_memory_info` counts).
+    """
+    import glob
+    import shutil
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="resflow_prof_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        try:
+            run()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0],
+                  "rb") as f:
+            space.ParseFromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    events = []
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        stat_names = {k: v.name for k, v in plane.stat_metadata.items()}
+        for line in plane.lines:
+            for ev in line.events:
+                kind = names.get(ev.metadata_id, "")
+                if kind not in ("MemoryAllocation", "MemoryDeallocation"):
+                    continue
+                st = {stat_names.get(s.metadata_id): (s.int64_value or s.uint64_value)
+                      for s in ev.stats}
+                events.append((line.timestamp_ns * 1000 + ev.offset_ps,
+                               kind == "MemoryAllocation", int(st.get("addr", 0)),
+                               int(st.get("requested_bytes", 0)),
+                               int(st.get("allocation_bytes", 0))))
+    events.sort()
+    req = chunk = peak_req = peak_chunk = 0
+    for _, alloc, _, r, c in events:
+        sign = 1 if alloc else -1
+        req += sign * r
+        chunk += sign * c
+        peak_req, peak_chunk = max(peak_req, req), max(peak_chunk, chunk)
+    return {"requested": peak_req, "chunks": peak_chunk, "events": len(events)}
+
+
 def memory_configs(args) -> list[dict]:
     geo = dict(shape=args.mem_shape, levels=args.mem_levels, steps=args.mem_steps,
                hidden=args.mem_hidden, executions=args.mem_executions,
-               inter_op=args.mem_inter_op)
+               inter_op=args.mem_inter_op, instances=args.mem_instances,
+               profiled=not args.no_profile)
     b = args.mem_batch
     out = [dict(name="ours_k2", k=2, neumann=True, batch=b),
            dict(name="ours_k10", k=10, neumann=True, batch=b),
            dict(name="ours_k20", k=20, neumann=True, batch=b),
            dict(name="naive_k10", k=10, neumann=False, batch=b)]
     if not args.no_scaling:
-        out += [dict(name="ours_k10_halfbatch", k=10, neumann=True, batch=b // 2),
-                dict(name="naive_k10_halfbatch", k=10, neumann=False, batch=b // 2)]
-    return [dict(geo, **c) for c in out]
+        half = dict(instances=max(1, args.mem_instances // 2))
+        out += [dict(half, name="ours_k10_halfbatch", k=10, neumann=True, batch=b // 2),
+                dict(half, name="naive_k10_halfbatch", k=10, neumann=False, batch=b // 2)]
+    return [dict(geo, **c) for c in out]   # (the half-batch checks: half the instances)
 
 
 def run_memory(args, ratios: dict) -> None:
@@ -282,7 +356,8 @@ def run_memory(args, ratios: dict) -> None:
           f"num_steps={args.mem_steps}, hidden={args.mem_hidden}), batch {args.mem_batch}, "
           f"Adam({LR}); train_logdet = LogDetEstimator('series', n_terms=k, "
           f"neumann_gradient=True|False) on every block; "
-          f"executions={args.mem_executions} inter_op_threads={args.mem_inter_op}; "
+          f"{args.mem_instances} traced step function(s) per process x {args.mem_executions} "
+          f"executions, inter_op_threads={args.mem_inter_op}; "
           f"TF_CPU_ALLOCATOR_USE_BFC=true; {args.mem_jobs} configuration(s) at a time",
           flush=True)
     env = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
@@ -301,14 +376,20 @@ def run_memory(args, ratios: dict) -> None:
             continue
         res = msg["result"]
         results[cfg["name"]] = res
-        execs = ", ".join(f"{v:.1f}" for v in res["exec_step_mib"])
-        rss = fmt(res["rss_rise_mib"], 1)
+        ins = res["instances"]
+        per = "; ".join(", ".join(f"{v:.1f}" for v in r["exec_step_mib"]) for r in ins)
+        prof = ins[0]["profiled"]
+        prof_s = (f"{prof['requested'] / MIB:.1f}/{prof['chunks'] / MIB:.1f}" if prof
+                  else "n/a")
+        lo, hi = res["step_peak_range"]
         print(f"memory {cfg['name']:20s} k={cfg['k']:2d} neumann={str(cfg['neumann']):5s} "
-              f"batch={cfg['batch']:3d} step_peak_MiB={res['step_peak_mib']:8.1f} "
-              f"(per execution: {execs}) abs_peak_MiB={res['peak_mib']:8.1f} "
-              f"state_MiB={res['base_mib']:.1f} rss_rise_first_exec_MiB={rss} "
-              f"trace_s={res['trace_s']:.1f} exec_s={res['exec_s'][-1]:.2f} "
-              f"loss={res['loss']:.1f}", flush=True)
+              f"batch={cfg['batch']:3d} step_peak_MiB={res['step_peak_mib']:7.1f} "
+              f"[{lo:.1f}-{hi:.1f} over {len(ins)} trace(s); per execution: {per}] "
+              f"abs_peak_MiB={res['peak_mib']:7.1f} state_MiB={res['base_mib']:.1f} "
+              f"profiled_requested/chunks_MiB={prof_s} "
+              f"rss_rise_first_exec_MiB={fmt(ins[0]['rss_rise_mib'], 1)} "
+              f"trace_s={ins[0]['trace_s']:.1f} exec_s={ins[0]['exec_s'][-1]:.2f} "
+              f"loss={ins[0]['loss']:.1f}", flush=True)
     if results:
         any_res = next(iter(results.values()))
         print(f"memory model: blocks={any_res['blocks']} params={any_res['params']} "
@@ -424,7 +505,8 @@ class OursSpeed:
                               callbacks=[fit_marker(marks)])
         wall = time.perf_counter() - t0
         dt = marks["end"] - marks["begin"]
-        self.rate = steps / dt
+        if seconds > 0:     # not the 2-step priming call, whose rate is mostly overhead
+            self.rate = steps / dt
         self.loss = float(hist.history["loss"][-1])
         return {"steps": steps, "seconds": dt, "steps_s": steps / dt, "loss": self.loss,
                 "wall_s": wall}
@@ -752,9 +834,9 @@ def speed_names(args) -> list[str]:
 
 class Prestart:
     """Starts the speed workers and ours' quality workers at once, so that their untimed
-    set-up (building, and the ~30 s trace of our first step) overlaps the memory part,
-    whose allocator figures do not depend on CPU load. `wait()` collects every ready
-    message; it is called before anything is timed, so no set-up overlaps a timed run."""
+    set-ups (building, and the ~30 s trace of our first step, single-threaded Python) run
+    side by side. `wait()` collects every ready message; it is called before anything is
+    timed, so no set-up overlaps a timed run."""
 
     def __init__(self, args, parts):
         self.data_dir = tempfile.mkdtemp(prefix="resflow_bench_")
@@ -903,6 +985,18 @@ def worker_failed(e) -> int:
     return 1
 
 
+def _die_with_parent():
+    """Worker pre-exec hook: SIGTERM when the parent dies (Linux), so no orphan keeps a
+    core busy after an interrupted run."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 class Worker:
     """This script as a subprocess (`--worker=NAME`), pinned to THREADS threads."""
 
@@ -921,7 +1015,8 @@ class Worker:
                                          f"{int(time.time() * 1000) % 10 ** 8}.log"), "w")
                        if args.log_dir else subprocess.DEVNULL)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, env=env, cwd=repo)
+                                     stderr=self.stderr, text=True, env=env, cwd=repo,
+                                     preexec_fn=_die_with_parent)
 
     def read(self) -> dict:
         while True:
@@ -994,14 +1089,22 @@ def parent_main(args) -> int:
           f"python={sys.version.split()[0]} cpus={os.cpu_count()} "
           f"loadavg={os.getloadavg()[0]:.2f}", flush=True)
     ratios: dict[str, float] = {}
-    # The speed and quality workers set up during the memory part (--no-prestart: each
-    # part starts its own); all are ready before the first timed run.
-    pre = Prestart(args, parts) if not args.no_prestart else None
+    # The speed and quality workers are started together and set up side by side (their
+    # set-up is untimed; our first step's trace is single-threaded Python), after the
+    # memory part: a step's peak memory depends a little on op scheduling, hence on CPU
+    # load. --quick starts them before it to save time. All are ready before the first
+    # timed run.
+    pre = None
+    timed = [p for p in parts if p != "memory"]
+    if timed and args.quick:
+        pre = Prestart(args, timed)
     try:
         for part in ("memory", "speed", "quality"):
             if part not in parts:
                 continue
-            if part != "memory" and pre is not None:
+            if part != "memory":
+                if pre is None:
+                    pre = Prestart(args, timed)
                 pre.wait()
             t0 = time.perf_counter()
             if part == "memory":
@@ -1035,13 +1138,17 @@ def main(argv=None) -> int:
     p.add_argument("--mem-steps", type=int, default=2)
     p.add_argument("--mem-hidden", type=int, default=64)
     p.add_argument("--mem-batch", type=int, default=64)
-    p.add_argument("--mem-executions", type=int, default=3,
-                   help="step executions measured per configuration")
+    p.add_argument("--mem-executions", type=int, default=2,
+                   help="step executions measured per model instance")
+    p.add_argument("--mem-instances", type=int, default=3,
+                   help="train-step functions traced and measured per configuration (the "
+                        "reported step peak is their median)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the tf.profiler replay of the first instance's allocations")
     p.add_argument("--mem-inter-op", type=int, default=1,
-                   help="inter-op threads of the memory workers (1: reproducible peaks)")
+                   help="inter-op threads of the memory workers (1: steadier peaks)")
     p.add_argument("--mem-jobs", type=int, default=2,
-                   help="memory workers run at a time (the allocator figures do not "
-                        "depend on CPU load)")
+                   help="memory workers run at a time")
     p.add_argument("--no-scaling", action="store_true",
                    help="skip the half-batch configurations that check the method")
     # speed
@@ -1058,7 +1165,9 @@ def main(argv=None) -> int:
     p.add_argument("--power-iters", type=int, default=5,
                    help="spectral-norm power iterations per training step, both sides")
     # quality
-    p.add_argument("--densities", default="checkerboard,moons,eight_gaussians")
+    p.add_argument("--densities", default="checkerboard,moons",
+                   help="comma list of tfpflows.data.toy densities with a known true "
+                        "density: checkerboard, moons, eight_gaussians (each adds ~3.5 min)")
     p.add_argument("--budget", type=float,
                    default=float(os.environ.get("RESFLOW_BENCH_BUDGET", 90.0)),
                    help="training seconds per system and density (env RESFLOW_BENCH_BUDGET)")
@@ -1068,9 +1177,6 @@ def main(argv=None) -> int:
     p.add_argument("--pool-size", type=int, default=POOL_SIZE)
     p.add_argument("--grid", type=int, default=300, help="grid cells per axis (integral)")
     p.add_argument("--verbose", action="store_true", help="print every training slice")
-    p.add_argument("--no-prestart", action="store_true",
-                   help="start each part's workers when the part begins (default: the speed "
-                        "and quality workers set up during the memory part)")
     p.add_argument("--log-dir", default="", help="write each worker's stderr here")
     # internal (worker processes)
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -1091,8 +1197,8 @@ def main(argv=None) -> int:
         return quality_worker(args)
     if args.quick:
         args.mem_shape, args.mem_levels, args.mem_steps = [16, 16, 3], 2, 1
-        args.mem_hidden, args.mem_batch, args.mem_executions = 32, 16, 2
-        args.no_scaling, args.mem_jobs = True, 4
+        args.mem_hidden, args.mem_batch, args.mem_executions = 32, 16, 1
+        args.mem_instances, args.no_scaling, args.mem_jobs = 2, True, 4
         args.speed_systems = "ours,normflows"
         args.rounds, args.seconds, args.warmup_steps = 1, 3.0, 2
         args.num_blocks = 2
