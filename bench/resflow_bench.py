@@ -1091,9 +1091,8 @@ def parent_main(args) -> int:
     ratios: dict[str, float] = {}
     # The speed and quality workers are started together and set up side by side (their
     # set-up is untimed; our first step's trace is single-threaded Python), after the
-    # memory part: a step's peak memory depends a little on op scheduling, hence on CPU
-    # load. --quick starts them before it to save time. All are ready before the first
-    # timed run.
+    # memory part, whose workers then have the machine to themselves; --quick starts them
+    # before it to save time. All are ready before the first timed run.
     pre = None
     timed = [p for p in parts if p != "memory"]
     if timed and args.quick:
