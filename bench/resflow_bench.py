@@ -498,17 +498,25 @@ class OursSpeed:
                        "keras": keras.__version__, "tf": tf.__version__}
 
     def run(self, seconds: float) -> dict:
-        steps = max(2, int(round(seconds * self.rate)))
-        marks = {}
-        t0 = time.perf_counter()
-        hist = self.model.fit(self.ds, steps_per_epoch=steps, epochs=1, verbose=0,
-                              callbacks=[fit_marker(marks)])
-        wall = time.perf_counter() - t0
-        dt = marks["end"] - marks["begin"]
-        if seconds > 0:     # not the 2-step priming call, whose rate is mostly overhead
-            self.rate = steps / dt
+        """`fit` calls of about `seconds` of training loop in all (more than one call only
+        when the step-rate estimate was low); `seconds=0`: one 2-step priming call."""
+        steps = dt = wall = 0.0
+        while True:
+            n = max(2, int(round((seconds - dt) * self.rate)))
+            marks = {}
+            t0 = time.perf_counter()
+            hist = self.model.fit(self.ds, steps_per_epoch=n, epochs=1, verbose=0,
+                                  callbacks=[fit_marker(marks)])
+            wall += time.perf_counter() - t0
+            loop = marks["end"] - marks["begin"]
+            steps, dt = steps + n, dt + loop
+            if seconds <= 0:
+                break               # priming: its rate is mostly fit's per-call overhead
+            self.rate = n / loop
+            if dt >= 0.9 * seconds:
+                break
         self.loss = float(hist.history["loss"][-1])
-        return {"steps": steps, "seconds": dt, "steps_s": steps / dt, "loss": self.loss,
+        return {"steps": int(steps), "seconds": dt, "steps_s": steps / dt, "loss": self.loss,
                 "wall_s": wall}
 
 
