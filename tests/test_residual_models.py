@@ -174,9 +174,11 @@ def test_save_and_restore_keeps_log_prob(tmp_path):
 def test_saved_model_serves_without_tfpflows(tmp_path, name, kind):
   """Fixed-point and 1-D-solve inverses included, served by plain TensorFlow."""
   model, data = _model(name, kind)
-  model.compile(optimizer=keras.optimizers.Adam(1e-2))
-  model.fit(tf.data.Dataset.from_tensor_slices(data).batch(8).repeat(), steps_per_epoch=2,
-            epochs=1, verbose=0)
+  # Move every weight off its initial value (zero-initialised last layers included), as
+  # training would, without tracing a training step: the export must not be an identity.
+  rng = np.random.RandomState(1)
+  for w in model.trainable_weights:
+    w.assign(w.numpy() + np.asarray(0.05 * rng.randn(*w.shape), "float32"))
   export = tmp_path / "export"
   export_saved_model(model, export)
   np.save(tmp_path / "x.npy", data[:8])
