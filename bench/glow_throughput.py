@@ -32,6 +32,11 @@ tfp         ``tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0, 1), z_shape),
             [-0.5, 0.5] (x / 256 - 0.5) and the NLL gets the ``D * log(256)`` Jacobian term so
             it is in the same pixel units as ours.
 tfp_xla     (only with ``--tfp-xla``) the same step under ``tf.function(jit_compile=True)``.
+tfp_bf16    the same step with the same split as ours_bf16: TFP's ``GlowDefaultNetwork`` and
+            ``GlowDefaultExitNetwork`` built under tf_keras' ``mixed_bfloat16`` policy (they
+            compute in bfloat16, keep float32 weights) plus a float32 output layer, so TFP's
+            flow arithmetic stays float32. With ours_bf16 it gives a like-for-like bfloat16
+            ratio, printed as information.
 normflows   normflows 1.7.3 (PyTorch CPU) multi-scale Glow built as in normflows'
             ``examples/glow.ipynb``: per level K ``nf.flows.GlowBlock`` (affine coupling with
             sigmoid scale, LU 1x1 conv, ActNorm) + ``nf.flows.Squeeze``, ``nf.flows.Merge``
@@ -112,6 +117,7 @@ WORKERS = {
     "ours_bf16": ("fit",),
     "tfp": ("step",),
     "tfp_xla": ("step",),
+    "tfp_bf16": ("step",),
     "normflows": ("step",),
 }
 
@@ -241,17 +247,20 @@ class OursSystem:
 class TFPSystem:
     """tfb.Glow with default networks, tf.function step, Keras 3 Adam."""
 
-    def __init__(self, jit: bool, warmup_steps: int):
+    def __init__(self, jit: bool, warmup_steps: int, policy: str = "float32"):
         tf = setup_tf_threads()
         import keras
         import tensorflow_probability as tfp
 
         tfb, tfd = tfp.bijectors, tfp.distributions
         self.tf = tf
+        coupling_fn, exit_fn = tfb.GlowDefaultNetwork, tfb.GlowDefaultExitNetwork
+        if policy != "float32":
+            coupling_fn, exit_fn = _with_policy(coupling_fn, policy), _with_policy(exit_fn, policy)
         glow = tfb.Glow(output_shape=EVENT_SHAPE, num_glow_blocks=NUM_LEVELS,
                         num_steps_per_block=NUM_STEPS,
-                        coupling_bijector_fn=tfb.GlowDefaultNetwork,  # num_hidden=400
-                        exit_bijector_fn=tfb.GlowDefaultExitNetwork)
+                        coupling_bijector_fn=coupling_fn,  # num_hidden=400
+                        exit_bijector_fn=exit_fn)
         z_shape = glow.inverse_event_shape(EVENT_SHAPE)
         base = tfd.Sample(tfd.Normal(0.0, 1.0), z_shape)
         dist = tfd.TransformedDistribution(base, glow)
@@ -287,7 +296,7 @@ class TFPSystem:
             self.last_loss = float(self.step(x))
         self.params = int(sum(int(math.prod(v.shape)) for v in variables))
         self.config = {"jit_compile": bool(jit), "tfp": tfp.__version__,
-                       "num_variables": len(variables)}
+                       "num_variables": len(variables), "policy": policy}
 
     def prime(self):
         self.last_loss = float(self.step(self.x))
@@ -304,6 +313,23 @@ class TFPSystem:
         dt = time.perf_counter() - t0
         return {"steps": steps, "seconds": dt, "img_s": steps * BATCH / dt,
                 "loss": self.last_loss}
+
+
+def _with_policy(make_network, policy: str):
+    """TFP network factory whose layers compute under tf_keras `policy`, output float32."""
+    import tf_keras
+
+    def make(*args, **kwargs):
+        previous = tf_keras.mixed_precision.global_policy()
+        tf_keras.mixed_precision.set_global_policy(policy)
+        try:
+            net = make_network(*args, **kwargs)
+        finally:
+            tf_keras.mixed_precision.set_global_policy(previous)
+        net.add(tf_keras.layers.Activation("linear", dtype="float32"))
+        return net
+
+    return make
 
 
 def build_normflows_glow(hidden: int):
@@ -409,8 +435,9 @@ def worker_main(args) -> int:
         if name in ("ours", "ours_xla", "ours_bf16"):
             system = OursSystem(jit=(name == "ours_xla"), warmup_steps=args.warmup_steps,
                                 policy="mixed_bfloat16" if name == "ours_bf16" else "float32")
-        elif name in ("tfp", "tfp_xla"):
-            system = TFPSystem(jit=(name == "tfp_xla"), warmup_steps=args.warmup_steps)
+        elif name in ("tfp", "tfp_xla", "tfp_bf16"):
+            system = TFPSystem(jit=(name == "tfp_xla"), warmup_steps=args.warmup_steps,
+                               policy="mixed_bfloat16" if name == "tfp_bf16" else "float32")
         elif name == "normflows":
             hidden = args.nf_hidden
             if hidden is None:
@@ -520,8 +547,8 @@ def fmt(v: float) -> str:
 
 def parent_main(args) -> int:
     t_start = time.perf_counter()
-    names = (["ours", "ours_xla", "ours_bf16", "tfp"] + (["tfp_xla"] if args.tfp_xla else [])
-             + ["normflows"])
+    names = (["ours", "ours_xla", "ours_bf16", "tfp", "tfp_bf16"]
+             + (["tfp_xla"] if args.tfp_xla else []) + ["normflows"])
     if args.systems:
         names = [n for n in args.systems.split(",") if n]
     print(f"# glow throughput: event_shape={EVENT_SHAPE} L={NUM_LEVELS} K={NUM_STEPS} "
@@ -622,6 +649,10 @@ def parent_main(args) -> int:
         # Not a like-for-like ratio (bfloat16 conditioners vs TFP in float32): info only.
         print(f"info ours_bf16:fit (mixed_bfloat16 conditioners) / tfp:step (float32) = "
               f"{fmt(med['ours_bf16:fit'] / tfp_ if tfp_ else float('nan'))}")
+        if med.get("tfp_bf16:step"):
+            # Like-for-like in bfloat16: both libraries' networks in bfloat16, flows in float32.
+            print(f"info ours_bf16:fit / tfp_bf16:step (both mixed_bfloat16 networks) = "
+                  f"{fmt(med['ours_bf16:fit'] / med['tfp_bf16:step'])}")
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s")
     print(f"ratio glow_vs_tfp_glow {fmt(ours / tfp_ if tfp_ else float('nan'))}")
     print(f"ratio glow_vs_normflows_glow {fmt(ours / nf_ if nf_ else float('nan'))}")
