@@ -84,7 +84,7 @@ Output ends with exactly::
 
 Usage::
 
-    python bench/glow_throughput.py               # full run (~6-8 min on 2 cores)
+    python bench/glow_throughput.py               # full run (~9 min on 2 cores)
     python bench/glow_throughput.py --quick       # smoke run (short rounds)
     python bench/glow_throughput.py --rounds 5 --seconds 20
 """
