@@ -96,9 +96,11 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores,
+                           worker_failed)
 
 EVENT_SHAPE = (32, 32, 3)
 NUM_LEVELS = 3
@@ -107,8 +109,6 @@ HIDDEN = 400
 BATCH = 32
 LR = 1e-3
 D = EVENT_SHAPE[0] * EVENT_SHAPE[1] * EVENT_SHAPE[2]
-THREADS = 2
-TAG = "@@BENCH "
 
 # Worker name -> measurement modes it supports (in the order they are timed each round).
 WORKERS = {
@@ -131,11 +131,6 @@ def make_pixels(seed: int = 0):
     x = rng.integers(0, 256, size=(BATCH,) + EVENT_SHAPE).astype("float32")
     x += rng.random(size=x.shape, dtype="float32")
     return np.minimum(x, np.float32(255.999))
-
-
-def emit(obj) -> None:
-    sys.stdout.write(TAG + json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def bpd(nll_pixels: float) -> float:
@@ -446,11 +441,7 @@ def worker_main(args) -> int:
         else:
             raise ValueError(f"unknown worker {name!r}")
     except Exception as e:  # reported to the parent, which skips this system
-        import traceback
-
-        traceback.print_exc(file=sys.stderr)
-        emit({"ready": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
-        return 1
+        return worker_failed(e)
     emit({"ready": True, "params": system.params, "config": system.config,
           "first_step_s": system.compile_s, "setup_s": time.perf_counter() - t0,
           "loss": system.last_loss})
@@ -468,77 +459,15 @@ def worker_main(args) -> int:
 
 
 # --------------------------------------------------------------------------- parent
-class Worker:
-    def __init__(self, name: str, args, extra: list[str]):
-        env = dict(os.environ)
-        env.update({"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
-                    "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                    "PYTHONUNBUFFERED": "1"})
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}",
-               f"--warmup-steps={args.warmup_steps}"] + extra
-        self.name = name
-        self.stderr = open(os.path.join(args.log_dir, f"glow_{name}.stderr.log"), "w") \
-            if args.log_dir else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, env=env, cwd=repo)
+class Worker(WorkerProcess):
+    """This script as a worker process (`--worker=NAME`)."""
 
-    def read(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return {"ready": False, "error": f"worker exited (rc={self.proc.poll()})"}
-            if line.startswith(TAG):
-                return json.loads(line[len(TAG):])
+    def __init__(self, name: str, args, extra: list[str]):
+        log = os.path.join(args.log_dir, f"glow_{name}.stderr.log") if args.log_dir else ""
+        super().__init__(__file__, name, [f"--warmup-steps={args.warmup_steps}"] + extra, log)
 
     def run(self, mode: str, seconds: float) -> dict:
-        self.proc.stdin.write(f"run {mode} {seconds}\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self):
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=60)
-        except Exception:
-            self.proc.kill()
-
-
-def _busy_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return sum(vals) - idle, sum(vals)
-
-
-def _proc_jiffies(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime of all its threads
-
-
-def cpu_probe(pid: int):
-    """Snapshot for `foreign_cores`: machine busy time and the worker's own CPU time."""
-    try:
-        return _busy_jiffies(), _proc_jiffies(pid), time.perf_counter()
-    except OSError:
-        return None
-
-
-def foreign_cores(before, pid: int) -> float:
-    """Average cores used by everything but the timed worker since `before` (other jobs on
-    a shared machine, plus this parent's negligible polling)."""
-    after = cpu_probe(pid)
-    if before is None or after is None:
-        return float("nan")
-    (b0, _), w0, t0 = before
-    (b1, _), w1, t1 = after
-    hz = os.sysconf("SC_CLK_TCK")
-    return max(0.0, ((b1 - b0) - (w1 - w0)) / hz / max(t1 - t0, 1e-9))
+        return self.request(f"run {mode} {seconds}")
 
 
 def fmt(v: float) -> str:

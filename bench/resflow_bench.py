@@ -104,13 +104,13 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-THREADS = 2
-TAG = "@@BENCH "
+from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores,
+                           worker_failed)
+
 LR = 1e-3
 COEFF = 0.98          # Lipschitz constant per layer (ours: build_flow's resflow default)
 BATCH_2D = 512
@@ -122,11 +122,6 @@ MIB = 2.0 ** 20
 
 
 # --------------------------------------------------------------------------- helpers
-def emit(obj) -> None:
-    sys.stdout.write(TAG + json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 def fmt(v, digits=3) -> str:
     if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
         return "nan" if v is None or math.isnan(v) else ("inf" if v > 0 else "-inf")
@@ -575,17 +570,13 @@ def speed_worker(args) -> int:
     return 0
 
 
-def run_speed(args, ratios: dict, pre=None) -> None:
+def run_speed(args, ratios: dict, pre: "Prestart") -> None:
     names = speed_names(args)
     print(f"## speed: 2D Residual Flow, {args.num_blocks} blocks [ActNorm, x + g(x)], "
           f"g = LipSwish MLP 2-64-64-2, c={COEFF}, roulette log-det (2 exact terms, "
           f"geometric p=0.5) with the Neumann gradient, batch {BATCH_2D}, Adam({LR}), "
           f"power iterations per step = {args.power_iters} on both sides; threads={THREADS} "
           f"rounds={args.rounds} seconds/round={args.seconds}", flush=True)
-    own = pre is None
-    if own:
-        pre = Prestart(args, ["speed"])
-    pre.wait()
     workers, info = {}, {}
     for name in names:
         w, msg = pre.ready[("speed", name)]
@@ -625,8 +616,6 @@ def run_speed(args, ratios: dict, pre=None) -> None:
     finally:
         for w in workers.values():
             w.close()
-        if own:
-            pre.close()
     med = {k: statistics.median(x["steps_s"] for x in v) for k, v in results.items()}
     for k, v in med.items():
         per = ", ".join(f"{x['steps_s']:.2f}" for x in results[k])
@@ -875,22 +864,14 @@ class Prestart:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def run_quality(args, ratios: dict, pre=None) -> None:
+def run_quality(args, ratios: dict, pre: "Prestart") -> None:
     densities = [d for d in args.densities.split(",") if d]
     print(f"## quality: the speed part's two flows trained {args.budget:.0f} s each "
           f"(training steps only) in alternating slices of {args.slice:.0f} s, batch "
           f"{BATCH_2D}, power iterations per step = {args.power_iters}; test NLL on "
           f"{args.n_test} fresh draws (toy_sample seed {TEST_SEED}), exact 2D log-dets; "
           f"grid integral over [-6, 6]^2 ({args.grid}^2 cells)", flush=True)
-    own = pre is None
-    if own:
-        pre = Prestart(args, ["quality"])
-    pre.wait()
-    try:
-        quality_densities(args, ratios, pre, densities)
-    finally:
-        if own:
-            pre.close()
+    quality_densities(args, ratios, pre, densities)
 
 
 def quality_densities(args, ratios, pre, densities) -> None:
@@ -985,68 +966,13 @@ def quality_densities(args, ratios, pre, densities) -> None:
 
 
 # --------------------------------------------------------------------------- plumbing
-def worker_failed(e) -> int:
-    import traceback
-
-    traceback.print_exc(file=sys.stderr)
-    emit({"ready": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
-    return 1
-
-
-def _die_with_parent():
-    """Worker pre-exec hook: SIGTERM when the parent dies (Linux), so no orphan keeps a
-    core busy after an interrupted run."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-class Worker:
-    """This script as a subprocess (`--worker=NAME`), pinned to THREADS threads."""
+class Worker(WorkerProcess):
+    """This script as a worker process (`--worker=NAME`), with the parent's settings."""
 
     def __init__(self, name: str, args, extra: list[str], env_extra: dict | None = None):
-        env = dict(os.environ)
-        env.update({"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
-                    "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                    "PYTHONUNBUFFERED": "1"})
-        env.update(env_extra or {})
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}"]
-        cmd += [a for a in worker_args(args)] + extra
-        self.name = name
-        self.stderr = (open(os.path.join(args.log_dir, f"resflow_{name}_{os.getpid()}_"
-                                         f"{int(time.time() * 1000) % 10 ** 8}.log"), "w")
-                       if args.log_dir else subprocess.DEVNULL)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, env=env, cwd=repo,
-                                     preexec_fn=_die_with_parent)
-
-    def read(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return {"ready": False, "error": f"worker exited (rc={self.proc.poll()})"}
-            if line.startswith(TAG):
-                return json.loads(line[len(TAG):])
-
-    def request(self, command: str) -> dict:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self):
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=60)
-        except Exception:
-            self.proc.kill()
+        log = (os.path.join(args.log_dir, f"resflow_{name}_{os.getpid()}_"
+                            f"{int(time.time() * 1000) % 10 ** 8}.log") if args.log_dir else "")
+        super().__init__(__file__, name, worker_args(args) + extra, log, env_extra)
 
 
 def worker_args(args) -> list[str]:
@@ -1054,37 +980,6 @@ def worker_args(args) -> list[str]:
     return [f"--num-blocks={args.num_blocks}", f"--power-iters={args.power_iters}",
             f"--warmup-steps={args.warmup_steps}", f"--n-test={args.n_test}",
             f"--pool-size={args.pool_size}", f"--grid={args.grid}"]
-
-
-def _busy_jiffies() -> int:
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return sum(vals) - idle
-
-
-def _proc_jiffies(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def cpu_probe(pid: int):
-    try:
-        return _busy_jiffies(), _proc_jiffies(pid), time.perf_counter()
-    except OSError:
-        return None
-
-
-def foreign_cores(before, pid: int) -> float:
-    """Average cores used by everything but the worker `pid` since `before`."""
-    after = cpu_probe(pid)
-    if before is None or after is None:
-        return float("nan")
-    b0, w0, t0 = before
-    b1, w1, t1 = after
-    hz = os.sysconf("SC_CLK_TCK")
-    return max(0.0, ((b1 - b0) - (w1 - w0)) / hz / max(t1 - t0, 1e-9))
 
 
 def parent_main(args) -> int:
