@@ -26,13 +26,39 @@ def emit(obj) -> None:
     sys.stdout.flush()
 
 
-def worker_failed(e) -> int:
-    """Worker side: report a set-up failure to the parent (which skips the system)."""
+def _error(e) -> str:
+    """The traceback to the worker's stderr (log); a one-line message for the parent."""
     import traceback  # pylint: disable=g-import-not-at-top
 
     traceback.print_exc(file=sys.stderr)
-    emit({"ready": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
+    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
+def worker_failed(e) -> int:
+    """Worker side: report a set-up failure to the parent (which skips the system)."""
+    emit({"ready": False, "error": _error(e)})
     return 1
+
+
+def serve(commands: dict) -> int:
+    """Worker side: answer the parent's one-line commands until `quit` or end of input.
+
+    `commands[word](*arguments)` returns the dict emitted for the line `word arguments...`;
+    unknown words are ignored; an exception is emitted as `{"error": ...}` and the worker
+    goes on serving.
+    """
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts or parts[0] == "quit":
+            break
+        handler = commands.get(parts[0])
+        if handler is None:
+            continue
+        try:
+            emit(handler(*parts[1:]))
+        except Exception as e:  # pylint: disable=broad-except
+            emit({"error": _error(e)})
+    return 0
 
 
 def _die_with_parent():

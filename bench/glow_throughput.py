@@ -99,7 +99,7 @@ import statistics
 import sys
 import time
 
-from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores,
+from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores, serve,
                            worker_failed)
 
 EVENT_SHAPE = (32, 32, 3)
@@ -445,17 +445,14 @@ def worker_main(args) -> int:
     emit({"ready": True, "params": system.params, "config": system.config,
           "first_step_s": system.compile_s, "setup_s": time.perf_counter() - t0,
           "loss": system.last_loss})
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts or parts[0] == "quit":
-            break
-        if parts[0] == "run":
-            mode, seconds = parts[1], float(parts[2])
-            system.prime()  # one untimed step: the process was idle while others ran
-            res = system.run(mode, seconds)
-            res["bpd"] = bpd(res["loss"])
-            emit(res)
-    return 0
+
+    def run(mode, seconds):
+        system.prime()  # one untimed step: the process was idle while others ran
+        res = system.run(mode, float(seconds))
+        res["bpd"] = bpd(res["loss"])
+        return res
+
+    return serve({"run": run})
 
 
 # --------------------------------------------------------------------------- parent

@@ -108,7 +108,7 @@ import sys
 import tempfile
 import time
 
-from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores,
+from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores, serve,
                            worker_failed)
 
 LR = 1e-3
@@ -560,14 +560,12 @@ def speed_worker(args) -> int:
     emit({"ready": True, "params": system.params, "config": system.config,
           "first_step_s": system.first_step_s, "setup_s": time.perf_counter() - t0,
           "loss": system.loss})
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts or parts[0] == "quit":
-            break
-        if parts[0] == "run":
-            system.run(0.0)     # one untimed step (2 for fit): the process was idle
-            emit(system.run(float(parts[1])))
-    return 0
+
+    def run(seconds):
+        system.run(0.0)     # one untimed step (2 for fit): the process was idle
+        return system.run(float(seconds))
+
+    return serve({"run": run})
 
 
 def run_speed(args, ratios: dict, pre: "Prestart") -> None:
@@ -796,33 +794,21 @@ def quality_worker(args) -> int:
           "setup_s": time.perf_counter() - t0, "loss": system.loss})
     import numpy as np
 
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts or parts[0] == "quit":
-            break
-        try:
-            if parts[0] == "train":
-                emit(system.train(float(parts[1])))
-            elif parts[0] == "eval":
-                test = np.load(os.path.join(args.data_dir, f"{args.density}_test.npy"))
-                t1 = time.perf_counter()
-                lp = system.log_prob(test)
-                grid, cell = grid_points(args.grid)
-                integral = float(np.sum(np.exp(system.log_prob(grid).astype(np.float64)))
-                                 * cell)
-                emit({"nll": float(-np.mean(lp)),
-                      "nll_se": float(np.std(lp) / math.sqrt(len(lp))),
-                      "finite": int(np.isfinite(lp).sum()), "n": int(len(lp)),
-                      "integral": integral, "exact_logdet": bool(system.exact),
-                      "steps": system.steps, "trained_s": system.trained_s,
-                      "eval_s": time.perf_counter() - t1, "log_q_path": args.data_dir})
-                np.save(os.path.join(args.data_dir, f"{args.density}_{name}_logq.npy"), lp)
-        except Exception as e:
-            import traceback
 
-            traceback.print_exc(file=sys.stderr)
-            emit({"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
-    return 0
+    def evaluate():
+        test = np.load(os.path.join(args.data_dir, f"{args.density}_test.npy"))
+        t1 = time.perf_counter()
+        lp = system.log_prob(test)
+        grid, cell = grid_points(args.grid)
+        integral = float(np.sum(np.exp(system.log_prob(grid).astype(np.float64))) * cell)
+        np.save(os.path.join(args.data_dir, f"{args.density}_{name}_logq.npy"), lp)
+        return {"nll": float(-np.mean(lp)), "nll_se": float(np.std(lp) / math.sqrt(len(lp))),
+                "finite": int(np.isfinite(lp).sum()), "n": int(len(lp)),
+                "integral": integral, "exact_logdet": bool(system.exact),
+                "steps": system.steps, "trained_s": system.trained_s,
+                "eval_s": time.perf_counter() - t1, "log_q_path": args.data_dir}
+
+    return serve({"train": lambda seconds: system.train(float(seconds)), "eval": evaluate})
 
 
 def speed_names(args) -> list[str]:
