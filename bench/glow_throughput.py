@@ -99,8 +99,8 @@ import statistics
 import sys
 import time
 
-from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores, serve,
-                           worker_failed)
+from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, fit_marker, foreign_cores,
+                           serve, worker_failed)
 
 EVENT_SHAPE = (32, 32, 3)
 NUM_LEVELS = 3
@@ -191,28 +191,13 @@ class OursSystem:
     def prime(self):
         self._sync(self.model.train_function(self.iterator))
 
-    @staticmethod
-    def _marker(marks):
-        """Callback stamping train begin/end. It overrides no batch hook, so Keras keeps
-        its asynchronous callback dispatch: the loop runs as with no callbacks at all."""
-        import keras
-
-        class Marker(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                marks["begin"] = time.perf_counter()
-
-            def on_train_end(self, logs=None):
-                marks["end"] = time.perf_counter()
-
-        return Marker()
-
     def run(self, mode: str, seconds: float) -> dict:
         if mode == "fit":
             steps = max(2, int(round(seconds * self.rate / BATCH)))
             marks = {}
             t0 = time.perf_counter()
             hist = self.model.fit(self.ds, steps_per_epoch=steps, epochs=1, verbose=0,
-                                  callbacks=[self._marker(marks)])
+                                  callbacks=[fit_marker(marks)])
             wall = time.perf_counter() - t0
             self.last_loss = float(hist.history["loss"][-1])
             # Headline: the training loop itself (on_train_begin -> on_train_end). The

@@ -108,8 +108,8 @@ import sys
 import tempfile
 import time
 
-from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, foreign_cores, serve,
-                           worker_failed)
+from bench_workers import (THREADS, WorkerProcess, cpu_probe, emit, fit_marker, foreign_cores,
+                           serve, worker_failed)
 
 LR = 1e-3
 COEFF = 0.98          # Lipschitz constant per layer (ours: build_flow's resflow default)
@@ -187,20 +187,6 @@ def residual_layers(model):
 
     return [l for l in model._flatten_layers(include_self=False, recursive=True)
             if isinstance(l, ResidualLayer)]
-
-
-def fit_marker(marks):
-    """Callback stamping fit's train begin/end; overrides no batch hook (keeps async dispatch)."""
-    import keras
-
-    class Marker(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            marks["begin"] = time.perf_counter()
-
-        def on_train_end(self, logs=None):
-            marks["end"] = time.perf_counter()
-
-    return Marker()
 
 
 # --------------------------------------------------------------------------- 1. memory
