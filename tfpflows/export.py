@@ -12,6 +12,7 @@ serves it without tfpflows, Keras or TFP installed. Signatures:
 * `encode(x) -> latent` (the inverse of the flow) and `decode(z) -> data` (the forward).
 """
 
+import errno
 import os
 import shutil
 import tempfile
@@ -19,7 +20,37 @@ import tempfile
 import keras
 import tensorflow as tf
 
-__all__ = ["export_saved_model"]
+from tfpflows.checkpoint import NonFiniteError, all_finite
+
+__all__ = ["export_saved_model", "sweep_stale_exports"]
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except OSError as e:
+    return e.errno == errno.EPERM
+  return True
+
+
+def sweep_stale_exports(export_dir):
+  """Removes the temporary folders that dead processes left beside `export_dir`.
+
+  Returns the paths removed. Folders of running processes (a concurrent export) stay.
+  """
+  export_dir = os.path.abspath(os.fspath(export_dir))
+  parent, prefix = os.path.dirname(export_dir), f".{os.path.basename(export_dir)}.tmp-export-"
+  removed = []
+  if not os.path.isdir(parent):
+    return removed
+  for entry in os.listdir(parent):
+    if not entry.startswith(prefix):
+      continue
+    pid = entry[len(prefix):].split("-", 1)[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+      removed.append(os.path.join(parent, entry))
+  return removed
 
 
 def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
@@ -35,15 +66,26 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
     overwrite: replace an existing `export_dir`.
     seed: seed of the sampler's random generator.
 
+  Temporary folders are named `.<name>.tmp-export-<pid>-*` beside `export_dir`; those of
+  processes that no longer run (a SIGKILL during an earlier export) are removed first.
+
   Raises:
     FileExistsError: `export_dir` exists and `overwrite` is False.
+    checkpoint.NonFiniteError: (a ValueError) some weight is NaN or infinite; nothing is
+      written.
   """
   export_dir = os.path.abspath(os.fspath(export_dir))
   if os.path.exists(export_dir) and not overwrite:
     raise FileExistsError(f"export directory {export_dir} already exists "
                           f"(pass overwrite=True / --overwrite to replace it)")
+  if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+    raise FileExistsError(f"export path {export_dir} is a file, not a SavedModel directory")
+  if not all_finite(model.variables):
+    raise NonFiniteError("the model's weights are not finite (NaN or Inf); not exporting")
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
+  prefix = f".{os.path.basename(export_dir)}.tmp-export-"
+  sweep_stale_exports(export_dir)
   event_spec = tf.TensorSpec([None, *model.event_shape], tf.float32)
   latent_spec = tf.TensorSpec([None, *model.latent_shape], tf.float32)
 
@@ -66,12 +108,12 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
   archive.add_endpoint("encode", model.encode, input_signature=[event_spec])
   archive.add_endpoint("decode", model.decode, input_signature=[latent_spec])
 
-  tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+  tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
   try:
     path = os.path.join(tmp, "saved_model")
     archive.write_out(path, verbose=False)
     if os.path.exists(export_dir):
-      old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
+      old = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-old-", dir=parent)
       os.rename(export_dir, os.path.join(old, "x"))
       os.rename(path, export_dir)
       shutil.rmtree(old, ignore_errors=True)

@@ -8,18 +8,30 @@ r"""Trains a flow on a 2D toy density, a .npy file or a TFDS image set, and expo
 
 --dataset is a toy density name, a path ending in .npy ([N, d] float vectors or
 [N, H, W, C] uint8 images), or a TFDS name. Training runs `model.fit` in epochs of
---eval_every steps; after each it evaluates the held-out data, logs to TensorBoard
-(<model_dir>/tensorboard) and writes a checkpoint (<model_dir>/checkpoints). A second run
-with the same --model_dir resumes from the latest checkpoint. At the end the model is
+--eval_every steps; after each it evaluates the held-out data and logs to TensorBoard
+(<model_dir>/tensorboard). Checkpoints go to <model_dir>/checkpoints every
+--checkpoint_every steps and at the end (the last 3 are kept). At the end the model is
 exported as a SavedModel to --export_dir and plots are written to --model_dir.
 
-Bad input (flags, data, an existing --export_dir without --overwrite) is reported as one
-line on stderr with exit status 2, before anything is written.
+Runs never lose work (`tfpflows.training`):
+* The same command again resumes from the newest good checkpoint, exactly: the data stream,
+  dequantization noise and estimator seeds are functions of the step, so the resumed run
+  ends with the weights of an uninterrupted one. A corrupt latest checkpoint is skipped for
+  the previous one, with a warning.
+* SIGTERM (preemption) or Ctrl-C saves a checkpoint at the current step, prints one line
+  and exits with 143 or 130. A second Ctrl-C aborts; the latest checkpoint stays whole.
+* A non-finite loss stops the run at that step with one line and exit status 3; no
+  non-finite weights are checkpointed or exported.
+
+Bad input (flags, data, paths, a checkpoint of another model or other run settings) is
+reported as one line on stderr with exit status 2, before anything is written.
 """
 
 import dataclasses
+import json
 import math
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -28,18 +40,19 @@ from absl import flags
 from absl import logging
 import keras
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from tfpflows import data as flow_data
 from tfpflows import export
 from tfpflows import models
 from tfpflows import plotting
+from tfpflows import training
 from tfpflows.checkpoint import FlowCheckpoint
 
 MODELS = models.NAMES
 NUM_SAMPLES_2D = 4096
 NUM_SAMPLES_IMAGES = 36
 TEMPERATURES = (0.7, 1.0)
+KEEP_CHECKPOINTS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +67,7 @@ class Config:
   data_dir: Optional[str] = None
   learning_rate: float = 1e-3
   eval_every: int = 500
+  checkpoint_every: int = 250
   num_levels: Optional[int] = None
   num_steps: Optional[int] = None
   hidden: Optional[int] = None
@@ -71,17 +85,20 @@ def _define_flags():
   flags.DEFINE_string("dataset", None,
                       f"A toy density ({', '.join(flow_data.TOY_NAMES)}), a path ending in "
                       ".npy, or a TFDS dataset name.")
-  flags.DEFINE_integer("steps", d["steps"].default, "Training steps in total (rounded up to "
-                       "whole --eval_every epochs).", lower_bound=1)
+  flags.DEFINE_integer("steps", d["steps"].default, "Training steps in total.", lower_bound=1)
   flags.DEFINE_integer("batch_size", d["batch_size"].default, "Examples per step.",
                        lower_bound=1)
   flags.DEFINE_string("model_dir", None, "Checkpoints, TensorBoard logs and plots; a run "
                       "resumes from the latest checkpoint here.")
   flags.DEFINE_string("export_dir", None, "Where the SavedModel is written.")
   flags.DEFINE_string("data_dir", None, "TFDS data folder (default: TFDS's own).")
-  flags.DEFINE_float("learning_rate", d["learning_rate"].default, "Adam learning rate.")
+  flags.DEFINE_float("learning_rate", d["learning_rate"].default, "Adam learning rate (a "
+                     "resumed run uses the value given now).")
   flags.DEFINE_integer("eval_every", d["eval_every"].default, "Steps between held-out "
-                       "evaluations and checkpoints.", lower_bound=1)
+                       "evaluations (Keras epochs).", lower_bound=1)
+  flags.DEFINE_integer("checkpoint_every", d["checkpoint_every"].default, "Steps between "
+                       "checkpoints (the last 3 are kept; one is also written at the end "
+                       "and on SIGTERM or Ctrl-C).", lower_bound=1)
   flags.DEFINE_integer("num_levels", None, "Multi-scale levels (default: per model).",
                        lower_bound=1)
   flags.DEFINE_integer("num_steps", None, "Flow steps per level (default: per model).",
@@ -105,6 +122,8 @@ def _checked(fn, *args, **kwargs):
   """Calls a library function, turning its one-line ValueError into a UsageError."""
   try:
     return fn(*args, **kwargs)
+  except training.NonFiniteError:
+    raise
   except (ValueError, FileExistsError) as e:
     raise UsageError(str(e)) from None
 
@@ -117,11 +136,45 @@ def _validate_config(config):
   for name in ("dataset", "model_dir", "export_dir"):
     if not getattr(config, name):
       raise UsageError(f"--{name} is required")
-  if not config.learning_rate > 0:
-    raise UsageError(f"--learning_rate must be > 0; got {config.learning_rate}")
-  if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
-    raise UsageError(f"--model_dir {config.model_dir!r} exists and is not a directory")
-  if os.path.exists(config.export_dir) and not config.overwrite:
+  if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+    raise UsageError(f"--learning_rate must be a finite number > 0; got {config.learning_rate}")
+  _validate_paths(config)
+
+
+def _inside(path, folder):
+  return os.path.commonpath([path, folder]) == folder
+
+
+def _validate_paths(config):
+  """--model_dir and --export_dir: apart, creatable, writable; checked without writing."""
+  model_dir = os.path.realpath(os.path.expanduser(config.model_dir))
+  export_dir = os.path.realpath(os.path.expanduser(config.export_dir))
+  if model_dir == export_dir:
+    raise UsageError(f"--export_dir and --model_dir are the same folder ({model_dir}); the "
+                     "export would replace the checkpoints: give them different paths")
+  if _inside(export_dir, model_dir):
+    raise UsageError(f"--export_dir {config.export_dir!r} is inside --model_dir "
+                     f"{config.model_dir!r}; give them separate paths")
+  if _inside(model_dir, export_dir):
+    raise UsageError(f"--model_dir {config.model_dir!r} is inside --export_dir "
+                     f"{config.export_dir!r} (which an export replaces); give them separate "
+                     "paths")
+  for flag, path in (("--model_dir", model_dir), ("--export_dir", export_dir)):
+    if os.path.exists(path):
+      if not os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} exists and is not a directory")
+      if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r} is not writable")
+      continue
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+      ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+      raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is a file, not a "
+                       "directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+      raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is not writable")
+  if os.path.exists(export_dir) and not config.overwrite:
     raise UsageError(f"--export_dir {config.export_dir!r} already exists; pass --overwrite "
                      "to replace it")
 
@@ -144,108 +197,63 @@ def _build_model(config, event_shape):
 # --------------------------------------------------------------------------- training
 
 
-def _steps_done(model):
-  return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+RUN_FILE = "run.json"   # the settings a resumed run must share with the run it continues
+RUN_KEYS = ("model", "dataset", "batch_size", "seed", "num_levels", "num_steps", "hidden")
+EXIT_DIVERGED = 3
 
 
-class _SaveCheckpoint(keras.callbacks.Callback):
-  """After each epoch, saves a checkpoint numbered by the optimizer's step count."""
-
-  def __init__(self, checkpoint):
-    super().__init__()
-    self._checkpoint = checkpoint
-
-  def on_epoch_end(self, epoch, logs=None):
-    self._checkpoint.save(_steps_done(self.model))
+def _checkpoint_dir(config):
+  return os.path.join(config.model_dir, "checkpoints")
 
 
-class _TensorBoardScalars(keras.callbacks.Callback):
-  """Writes each epoch's logs as TensorBoard scalars at the training step reached, to
-  <log_dir>/train and <log_dir>/validation (`keras.callbacks.TensorBoard`'s layout).
+def _restore(config, model):
+  """Restores the newest good checkpoint in model_dir, if any; returns `(checkpoint, step)`.
 
-  `keras.callbacks.TensorBoard` needs the `tensorboard` package, which TF 2.21 no longer
-  installs; `tf.summary.write` with the scalars plugin's metadata is core TensorFlow.
+  Checks the run's recorded settings (`run.json`) against `config` first. Writes nothing.
   """
-
-  _METADATA = summary_pb2.SummaryMetadata(
-      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-
-  def __init__(self, log_dir):
-    super().__init__()
-    self._log_dir, self._writers = log_dir, {}
-
-  def on_train_begin(self, logs=None):
-    self._writers = {split: tf.summary.create_file_writer(os.path.join(self._log_dir, split))
-                     for split in ("train", "validation")}
-
-  def on_epoch_end(self, epoch, logs=None):
-    step = _steps_done(self.model)
-    for name, value in (logs or {}).items():
-      split, tag = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
-      with self._writers[split].as_default():
-        tf.summary.write(tag, tf.constant(float(value)), step=step, metadata=self._METADATA)
-    for writer in self._writers.values():
-      writer.flush()
-
-  def on_train_end(self, logs=None):
-    for writer in self._writers.values():
-      writer.close()
-
-
-class _ResidualHealth(keras.callbacks.Callback):
-  """After each epoch, the residual blocks' health on a held-out batch.
-
-  `FlowModel.diagnostics`: each block's Lipschitz bound, sampled series length, spread of
-  the log-det estimate, and the fixed-point inverse's iterations and residual. Every block's
-  figures go to TensorBoard (<log_dir>/diagnostics, tags "<block>/<figure>"); the worst or
-  mean over blocks joins the epoch's logs, so the progress line and the train scalars show
-  them. Does nothing for flows without residual blocks.
-  """
-
-  _SUMMARY = (("lipschitz", max, "lipschitz_max"), ("series_terms", None, "series_terms"),
-              ("logdet_std", None, "logdet_std"), ("inverse_iterations", max, "inverse_iters"),
-              ("inverse_residual", max, "inverse_residual"))
-
-  def __init__(self, batch, log_dir):
-    super().__init__()
-    self._batch, self._log_dir, self._writer = batch, log_dir, None
-
-  def on_epoch_end(self, epoch, logs=None):
-    report = self.model.diagnostics(self._batch)
-    if not report:
-      return
-    if self._writer is None:
-      self._writer = tf.summary.create_file_writer(os.path.join(self._log_dir, "diagnostics"))
-    step = _steps_done(self.model)
-    with self._writer.as_default():
-      for tag, value in report.items():
-        tf.summary.write(tag, tf.constant(value), step=step,
-                         metadata=_TensorBoardScalars._METADATA)
-    self._writer.flush()
-    if logs is None:
-      return
-    for figure, reduce, key in self._SUMMARY:
-      values = [v for k, v in report.items() if k.endswith("/" + figure)]
-      if values:
-        logs[key] = reduce(values) if reduce else sum(values) / len(values)
-
-  def on_train_end(self, logs=None):
-    if self._writer is not None:
-      self._writer.close()
-
-
-def _restore(config, model, first_batch):
-  """Restores the latest checkpoint in model_dir, if any, else initialises ActNorm.
-
-  Returns `(checkpoint, step, restored)`: the `FlowCheckpoint` (it writes nothing until its
-  first save), the step reached, and whether a checkpoint was restored.
-  """
-  ckpt = FlowCheckpoint(model, os.path.join(config.model_dir, "checkpoints"))
+  _check_run_file(config)
+  ckpt = _checked(FlowCheckpoint, model, _checkpoint_dir(config), max_to_keep=KEEP_CHECKPOINTS)
   step = _checked(ckpt.restore_latest)
-  if not model.initialized:
-    print("initialising ActNorm on the first batch")
-    _checked(model.initialize, first_batch)
-  return ckpt, step or 0, step is not None
+  for path, reason in ckpt.skipped:
+    print(f"warning: checkpoint {path} is corrupt ({reason}); skipping it", file=sys.stderr)
+  if step is not None:
+    learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    if not math.isclose(learning_rate, config.learning_rate, rel_tol=1e-6):
+      print(f"learning rate: the checkpoint had {learning_rate:g}; using "
+            f"--learning_rate={config.learning_rate:g} from here on")
+      model.optimizer.learning_rate.assign(config.learning_rate)
+  return ckpt, step
+
+
+def _run_settings(config):
+  return {key: getattr(config, key) for key in RUN_KEYS}
+
+
+def _check_run_file(config):
+  path = os.path.join(config.model_dir, RUN_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f"cannot read {path} ({str(e).splitlines()[0]}); move it away to start "
+                     "over") from None
+  for key, value in _run_settings(config).items():
+    if key in saved and saved[key] != value:
+      raise UsageError(f"--{key}={value} differs from the run in {config.model_dir} "
+                       f"(--{key}={saved[key]}); resuming needs the same --{key}, or use a "
+                       "new --model_dir")
+
+
+def _write_run_file(config):
+  path = os.path.join(config.model_dir, RUN_FILE)
+  if os.path.exists(path):
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(_run_settings(config), f, indent=1)
+  os.replace(tmp, path)
 
 
 def _write_plots(config, data, model):
@@ -269,10 +277,14 @@ def _write_plots(config, data, model):
 
 
 def run(config):
-  """Validates `config`, trains, exports and plots; returns a dict of results.
+  """Validates `config`, trains (resuming from model_dir), exports and plots.
+
+  Returns a dict of results.
 
   Raises:
     UsageError: bad input, found before any file or folder is created.
+    training.Interrupted: SIGTERM or SIGINT during training, after saving a checkpoint.
+    training.NonFiniteError: the loss or the weights went non-finite; nothing exported.
   """
   # Validation: nothing is written until all of it has passed.
   _validate_config(config)
@@ -282,36 +294,45 @@ def run(config):
   keras.utils.set_random_seed(config.seed)
   model = _build_model(config, data.event_shape)
   model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-  first_batch = next(iter(data.train))
-  checkpoint, step, restored = _restore(config, model, first_batch)
-
-  steps_per_epoch = min(config.eval_every, config.steps)
-  epochs = math.ceil(config.steps / steps_per_epoch)
-  initial_epoch = step // steps_per_epoch
-  if restored:
-    print(f"resuming from {checkpoint.latest} (step {step})")
+  checkpoint, step = _restore(config, model)
+  if step is None:
+    print("initialising ActNorm on the first batch")
+    # A stream of its own: the training stream below starts afresh at step 0.
+    _checked(model.initialize, next(iter(data.train_from(0))))
+    step = 0
+  else:
+    print(f"resuming from {checkpoint.restored} (step {step})")
 
   os.makedirs(config.model_dir, exist_ok=True)
+  _write_run_file(config)
   history = {}
-  if initial_epoch < epochs:
-    history = model.fit(
-        data.train, steps_per_epoch=steps_per_epoch, epochs=epochs,
-        initial_epoch=initial_epoch, validation_data=data.heldout,
-        verbose=1 if sys.stdout.isatty() else 2, shuffle=False,
-        callbacks=[
-            _ResidualHealth(next(iter(data.heldout)),
-                            os.path.join(config.model_dir, "tensorboard")),
-            _TensorBoardScalars(os.path.join(config.model_dir, "tensorboard")),
-            _SaveCheckpoint(checkpoint),
-        ]).history
+  if step < config.steps:
+    log_dir = os.path.join(config.model_dir, "tensorboard")
+    with training.interruptible(checkpoint) as on_signal:
+      history = training.fit_steps(
+          model, data.train_from, steps=config.steps, eval_every=config.eval_every,
+          validation_data=data.heldout, verbose=1 if sys.stdout.isatty() else 2,
+          callbacks=[
+              training.TerminateOnNonFinite(
+                  hint=f"try a lower --learning_rate (now {config.learning_rate:g})"),
+              training.ResidualHealth(next(iter(data.heldout)), log_dir),
+              training.TensorBoardScalars(log_dir),
+              training.PeriodicCheckpoint(checkpoint, config.checkpoint_every),
+              on_signal,
+          ])
   else:
-    print(f"already trained {step} steps (--steps={config.steps}); "
-          "skipping training")
+    print(f"already trained {step} steps (--steps={config.steps}); skipping training")
+  step = training.steps_done(model)
+  if checkpoint.latest is None or not checkpoint.latest.endswith(f"-{step}"):
+    checkpoint.save(step)
 
   if "val_nll" in history:
     metrics = {k[len("val_"):]: v[-1] for k, v in history.items() if k.startswith("val_")}
   else:
     metrics = model.evaluate(data.heldout, verbose=0, return_dict=True)
+  if not all(math.isfinite(float(v)) for v in metrics.values()):
+    raise training.NonFiniteError(f"the held-out NLL is {float(metrics['nll'])} at step "
+                                  f"{step}; not exporting")
 
   _checked(export.export_saved_model, model, config.export_dir, overwrite=config.overwrite,
            seed=config.seed)
@@ -326,7 +347,7 @@ def run(config):
   if "bits_per_dim" in metrics:
     line += f" ({float(metrics['bits_per_dim']):.4f} bits/dim)"
   print(line)
-  return {"step": _steps_done(model), "metrics": {k: float(v) for k, v in metrics.items()},
+  return {"step": step, "metrics": {k: float(v) for k, v in metrics.items()},
           "checkpoint": checkpoint.latest, "plots": plots}
 
 
@@ -346,16 +367,44 @@ def _parse_flags(argv):
     _fail(str(e).strip().splitlines()[0])
 
 
+class _Terminated(Exception):
+  """SIGTERM outside training (training itself saves first: `training.interruptible`)."""
+
+
+def _on_sigterm(signum, frame):
+  del frame
+  raise _Terminated(signum)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)   # TF's INFO lines (export details) drown the progress
   tf.get_logger().setLevel("ERROR")
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
+  previous = signal.signal(signal.SIGTERM, _on_sigterm)
   try:
     run(config)
   except UsageError as e:
     _fail(str(e))
+  except training.Interrupted as e:
+    print(f"interrupted by {signal.Signals(e.signum).name} at step {e.step}: saved "
+          f"{e.checkpoint}; run the same command to resume", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except training.NonFiniteError as e:
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    kept = f"the last finite checkpoint is {latest}" if latest else "no checkpoint was written"
+    print(f"error: {e}; {kept}; nothing exported", file=sys.stderr)
+    sys.exit(EXIT_DIVERGED)
+  except (KeyboardInterrupt, _Terminated) as e:
+    signum = e.args[0] if isinstance(e, _Terminated) else signal.SIGINT
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    kept = f"the latest checkpoint is {latest}" if latest else "no checkpoint was written"
+    print(f"interrupted by {signal.Signals(signum).name} outside training; {kept}; run the "
+          "same command to resume", file=sys.stderr)
+    sys.exit(128 + int(signum))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ float32 `x` only; images are dequantized into `[0, 256)`.
 """
 
 import dataclasses
-from typing import Optional
+import os
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from tfpflows.data.arrays import load_npy
 from tfpflows.data.images import UnknownDatasetError, load_tfds_images
+from tfpflows.data import pipeline
 from tfpflows.data.pipeline import dequantize, eval_batches, train_batches
 from tfpflows.data.toy import TOY_NAMES, toy_dataset, toy_sample
 
@@ -31,18 +33,26 @@ class FlowData:
   """Training and held-out batches of one data set.
 
   Attributes:
-    train: infinite `tf.data.Dataset` of float32 `[batch_size, *event_shape]`.
+    train_from: `train_from(step)` is the infinite `tf.data.Dataset` of float32 training
+      batches `[batch_size, *event_shape]` from batch `step` on. The stream is a pure
+      function of the seed and the batch index (see `pipeline`): `train_from(s)` yields what
+      `train_from(0)` yields after `s` batches, so a resumed run sees the same data.
     heldout: finite `tf.data.Dataset` of float32 `[<= batch_size, *event_shape]`, the same
       values at every pass.
     event_shape: `(d,)` for vectors, `(H, W, C)` for images.
     is_image: whether `x` is a dequantized image in `[0, 256)`.
     reference: for 2D data, up to 4096 data points `[n, 2]` (numpy) to plot beside samples.
   """
-  train: tf.data.Dataset
+  train_from: Callable[[int], tf.data.Dataset]
   heldout: tf.data.Dataset
   event_shape: tuple
   is_image: bool
   reference: Optional[np.ndarray] = None
+
+  @property
+  def train(self):
+    """The training stream from its first batch, `train_from(0)`."""
+    return self.train_from(0)
 
 
 def load_data(name, *, batch_size, seed=0, data_dir=None):
@@ -62,7 +72,8 @@ def load_data(name, *, batch_size, seed=0, data_dir=None):
   if name in TOY_NAMES:
     heldout = toy_sample(name, TOY_HELDOUT, seed=EVAL_SEED)
     return FlowData(
-        train=toy_dataset(name, batch_size=batch_size, seed=seed),
+        train_from=lambda step=0: toy_dataset(name, batch_size=batch_size, seed=seed,
+                                             start_step=step),
         heldout=eval_batches(tf.data.Dataset.from_tensor_slices(heldout),
                              batch_size=batch_size),
         event_shape=(2,), is_image=False, reference=heldout.numpy())
@@ -70,12 +81,18 @@ def load_data(name, *, batch_size, seed=0, data_dir=None):
     train, heldout = load_npy(name)
     is_image = train.ndim == 4
     return FlowData(
-        train=train_batches(tf.data.Dataset.from_tensor_slices(train),
-                            batch_size=batch_size, seed=seed),
+        train_from=_stream(tf.data.Dataset.from_tensor_slices(train), len(train),
+                           batch_size, seed),
         heldout=eval_batches(tf.data.Dataset.from_tensor_slices(heldout),
                              batch_size=batch_size, seed=EVAL_SEED),
         event_shape=tuple(train.shape[1:]), is_image=is_image,
         reference=train[:REFERENCE_POINTS] if train.shape[1:] == (2,) else None)
+  if os.path.isdir(name):
+    raise ValueError(f"dataset {name!r} is a directory; expected a toy density "
+                     f"({', '.join(TOY_NAMES)}), a path ending in .npy, or a TFDS dataset name")
+  if os.path.exists(name):
+    raise ValueError(f"dataset file {name!r} is not a .npy file; expected a path ending in "
+                     ".npy, a toy density or a TFDS dataset name")
   try:
     train, heldout, shape = load_tfds_images(name, data_dir=data_dir)
   except UnknownDatasetError:
@@ -83,6 +100,18 @@ def load_data(name, *, batch_size, seed=0, data_dir=None):
                      f"({', '.join(TOY_NAMES)}), a path ending in .npy, "
                      "or a TFDS dataset name") from None
   return FlowData(
-      train=train_batches(train, batch_size=batch_size, seed=seed),
+      train_from=_stream(train, None, batch_size, seed),
       heldout=eval_batches(heldout, batch_size=batch_size, seed=EVAL_SEED),
       event_shape=shape, is_image=True)
+
+
+def _stream(examples, num_examples, batch_size, seed):
+  """`step -> train_batches(examples, start_step=step)`, counting the examples only once."""
+  count = [num_examples]
+
+  def train_from(step=0):
+    if count[0] is None:
+      count[0] = pipeline.count_examples(examples)
+    return train_batches(examples, batch_size=batch_size, seed=seed, start_step=step,
+                         num_examples=count[0])
+  return train_from

@@ -22,11 +22,15 @@ def load_npy(path):
     ValueError: a one-line message naming the problem: missing or unreadable file, wrong
       rank, wrong dtype, NaN or Inf, too few rows.
   """
+  if os.path.isdir(path):
+    raise ValueError(f"dataset {path!r} is a directory; expected a .npy file")
   if not os.path.isfile(path):
     raise ValueError(f"dataset file {path!r} does not exist")
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"dataset file {path!r} is empty (0 bytes); expected a .npy array")
   try:
     array = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, EOFError) as e:
     raise ValueError(f"cannot read {path!r} as a .npy array: {_first_line(e)}") from None
   if not isinstance(array, np.ndarray):
     raise ValueError(f"{path!r} holds an archive, not a single .npy array")
@@ -46,6 +50,8 @@ def load_npy(path):
     raise ValueError(f"{path!r} has shape {array.shape}; expected [N, d] float vectors "
                      "or [N, H, W, C] uint8 images")
 
+  if 0 in array.shape[1:]:
+    raise ValueError(f"{path!r} has shape {array.shape}; every event dimension must be >= 1")
   n = array.shape[0]
   heldout = max(1, int(round(HELDOUT_FRACTION * n)))
   if n - heldout < MIN_TRAIN_ROWS:

@@ -6,6 +6,13 @@ log-likelihood of `q` is bounded below by it (Theis, van den Oord, Bethge, "A no
 evaluation of generative models", ICLR 2016). The noise is drawn by stateless ops from
 `(seed, batch index)`: training batches get fresh noise at every step, held-out batches the
 same noise at every evaluation.
+
+The training stream is a pure function of the step. Epoch `e` visits the examples in an
+order fixed by `(seed, e)` alone; the stream is epoch 0, 1, 2, ... concatenated and cut into
+batches, batch `i` being stream elements `[i B, (i + 1) B)`. `train_batches(...,
+start_step=s)` therefore yields exactly the batches `s, s + 1, ...` that a stream started at
+0 yields after `s` batches, noise included: a resumed run sees what the uninterrupted run
+would have seen, and no iterator shares state with another.
 """
 
 import tensorflow as tf
@@ -24,27 +31,65 @@ def dequantize(images, *, seed):
   return x + tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=tf.float32)
 
 
-def _finish(batches, seed):
-  """Dequantizes uint8 batches with seed `(seed, index)`, else casts to float32."""
+def _finish(batches, seed, start=0):
+  """Dequantizes uint8 batch `i` with seed `(seed, start + i)`, else casts to float32."""
   if batches.element_spec.dtype == tf.uint8:
     seed = tf.constant(seed, tf.int64)
-    return batches.enumerate().map(
+    return batches.enumerate(start=start).map(
         lambda i, q: dequantize(q, seed=tf.stack([seed, i])),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return batches.map(lambda x: tf.cast(x, tf.float32))
 
 
-def train_batches(examples, *, batch_size, seed=0, shuffle_buffer=SHUFFLE_BUFFER):
-  """Shuffle, repeat, batch (dropping the remainder), dequantize, prefetch: infinite.
+def count_examples(examples):
+  """The number of elements of a finite dataset (its cardinality, else one counting pass)."""
+  n = int(examples.cardinality())
+  if n >= 0:
+    return n
+  if n == tf.data.INFINITE_CARDINALITY:
+    raise ValueError("train_batches needs a finite dataset of examples; got an infinite one")
+  return int(examples.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
+def train_batches(examples, *, batch_size, seed=0, start_step=0, num_examples=None,
+                  shuffle_buffer=SHUFFLE_BUFFER):
+  """Batches `start_step, start_step + 1, ...` of the endless shuffled stream: infinite.
+
+  Each epoch cuts `examples` into blocks of `shuffle_buffer` and permutes each block by a
+  stateless permutation of `(seed, epoch, block)`: a uniform permutation of the epoch when
+  there are at most `shuffle_buffer` examples, else a local shuffle of the kind a shuffle
+  buffer of that size gives. The epochs follow each other without a gap,
+  batches of `batch_size` are cut from that stream (an epoch's remainder starts the next
+  batch), uint8 images are dequantized with the noise of `(seed, batch index)`.
 
   Args:
-    examples: `tf.data.Dataset` of single examples, uint8 images or float vectors.
+    examples: finite `tf.data.Dataset` of single examples, uint8 images or float vectors,
+      in a fixed order.
     batch_size: examples per batch.
-    seed: int; fixes the shuffle order and the dequantization noise.
+    seed: int; fixes the order of every epoch and the dequantization noise.
+    start_step: index of the first batch yielded.
+    num_examples: the size of `examples`, if known (else counted once).
   """
-  batches = (examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-             .repeat().batch(batch_size, drop_remainder=True))
-  return _finish(batches, seed).prefetch(tf.data.AUTOTUNE)
+  if batch_size < 1 or start_step < 0:
+    raise ValueError(f"train_batches: batch_size must be >= 1 and start_step >= 0; got "
+                     f"{batch_size} and {start_step}")
+  n = num_examples if num_examples is not None else count_examples(examples)
+  if n < 1:
+    raise ValueError("train_batches: the dataset has no examples")
+  first_epoch, offset = divmod(int(start_step) * int(batch_size), n)
+  base_seed = tf.constant(seed, tf.int64)
+
+  def epoch(e):
+    def permuted(block_index, block):
+      block_seed = tf.random.experimental.stateless_fold_in(tf.stack([base_seed, e]),
+                                                            block_index)
+      keys = tf.random.stateless_uniform(tf.shape(block)[:1], seed=block_seed)
+      return tf.data.Dataset.from_tensor_slices(tf.gather(block, tf.argsort(keys)))
+    return examples.batch(min(n, shuffle_buffer)).enumerate().flat_map(permuted)
+
+  stream = tf.data.Dataset.counter(first_epoch, dtype=tf.int64).flat_map(epoch).skip(offset)
+  batches = stream.batch(batch_size, drop_remainder=True)
+  return _finish(batches, seed, start_step).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(examples, *, batch_size, seed=0):

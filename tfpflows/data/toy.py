@@ -141,15 +141,18 @@ def toy_sample(name, n, *, seed=0):
   return tf.cast(_SAMPLERS[name](n, _seed_pair(seed)), tf.float32)
 
 
-def toy_dataset(name, *, batch_size, seed=0):
+def toy_dataset(name, *, batch_size, seed=0, start_step=0):
   """Infinite `tf.data.Dataset` of fresh float32 `[batch_size, 2]` draws.
 
-  Batch `i` is `toy_sample(name, batch_size, seed=(seed, i))`, so the stream is fixed by
-  `seed` and `toy_sample(name, n, seed=s)` equals its first batch.
+  Batch `i` is `toy_sample(name, batch_size, seed=(seed, i))`, so the stream is a pure
+  function of `seed` and the batch index (`toy_sample(name, n, seed=s)` equals batch 0);
+  it starts at batch `start_step`.
   """
   _check_name(name)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-  ds = tf.data.Dataset.counter(dtype=tf.int64).map(
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0; got {start_step}")
+  ds = tf.data.Dataset.counter(int(start_step), dtype=tf.int64).map(
       lambda i: toy_sample(name, batch_size, seed=tf.stack([tf.constant(seed, tf.int64), i])))
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -21,7 +21,8 @@ class ResidualLayer(BijectorLayer):
 
   Training (`bijector(training=True)`, inside `fit`) uses `train_logdet`, fused with the
   inverse (one evaluation of `g`), with a fresh stateless seed on every call from a Keras
-  `SeedGenerator` (its state is a saved weight: a restored model continues the stream).
+  `SeedGenerator` (its state is a saved weight: a restored model continues the stream;
+  evaluation draws from a second generator, so it never moves the training stream).
   Evaluation, `log_prob`, export and plots use `eval_logdet`: by default the exact log-det
   when the event has at most `EXACT_MAX_DIMS` entries, otherwise
   `LogDetEstimator.low_variance()` (20 exact terms, then an unbiased roulette tail, 4 probes).
@@ -51,14 +52,19 @@ class ResidualLayer(BijectorLayer):
                                        else LogDetEstimator.low_variance())
     self.inverse_config = inverse or bijectors.FixedPointInverse()
     self.seed_generator = keras.random.SeedGenerator(seed, name="logdet_seed")
+    # Evaluation, diagnostics and serving draw from their own stream, so that evaluating
+    # (or not, as in a run resumed between evaluations) never shifts the training seeds.
+    self.eval_seed_generator = keras.random.SeedGenerator(
+        None if seed is None else seed + 7919, name="eval_logdet_seed")
 
-  def _next_seed(self):
-    return tf.cast(self.seed_generator.next(), tf.int32)
+  def _next_seed(self, training):
+    generator = self.seed_generator if training else self.eval_seed_generator
+    return tf.cast(generator.next(), tf.int32)
 
   def bijector(self, training=False, logdet=None):
     """The block from the current weights; `logdet` overrides the estimator."""
     estimator = logdet or (self.train_logdet if training else self.eval_logdet)
-    seed = self._next_seed() if estimator.stochastic else tf.zeros([2], tf.int32)
+    seed = self._next_seed(training) if estimator.stochastic else tf.zeros([2], tf.int32)
     frozen = getattr(self.network, "frozen", None)
     if not training and callable(frozen):
       g = frozen()                       # spectral norms computed once for this block

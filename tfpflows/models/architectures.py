@@ -1,5 +1,7 @@
 """Glow, RealNVP and NICE built from the layers, for vectors `[D]` and images `[H, W, C]`."""
 
+import numbers
+
 import tensorflow as tf
 
 from tfpflows import layers as L
@@ -125,15 +127,22 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if permutation != "lu" and name != "glow":
     raise ValueError(f"permutation={permutation!r} applies to glow only; {name} alternates "
                      f"its coupling masks instead")
+  for arg, value in (("num_levels", num_levels), ("num_steps", num_steps),
+                     ("hidden", hidden)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 1):
+      raise ValueError(f"build_flow: {arg} must be a positive integer or None (the "
+                       f"default); got {value!r}")
+  if any(isinstance(d, bool) or int(d) != d or d < 1 for d in event_shape):
+    raise ValueError(f"build_flow: event_shape must hold positive integers; got "
+                     f"{list(event_shape)}")
   event_shape = tuple(int(d) for d in event_shape)
   image = len(event_shape) == 3
   if len(event_shape) not in (1, 3):
     raise ValueError(f"event_shape must be [D] or [H, W, C], got {list(event_shape)}")
   (vec_steps, vec_hidden), (img_steps, img_hidden) = _DEFAULTS[name]
-  num_steps = num_steps or (img_steps if image else vec_steps)
-  hidden = hidden or (img_hidden if image else vec_hidden)
-  if num_steps < 1 or hidden < 1:
-    raise ValueError(f"num_steps and hidden must be positive, got {num_steps} and {hidden}")
+  num_steps = (img_steps if image else vec_steps) if num_steps is None else num_steps
+  hidden = (img_hidden if image else vec_hidden) if hidden is None else hidden
   spec = dict(name=name, event_shape=list(event_shape), num_steps=num_steps, hidden=hidden,
               seed=seed, permutation=permutation)
   if name in simple_flows.SIMPLE_NAMES:

@@ -117,24 +117,61 @@ class FlowModel(keras.Model):
       cache[name] = tf.function(fn, reduce_retracing=True)
     return cache[name]
 
+  def _per_event(self, name, method, fn, y, shape=None):
+    """`fn` on `y` of shape `[*batch, *shape]`: any batch rank (0 for one event), flattened
+    to one batch axis for `fn` and restored on its output.
+
+    Raises:
+      ValueError: (one line) `y`'s trailing dimensions are not `shape` (default: the events').
+    """
+    shape = self.event_shape if shape is None else tuple(shape)
+    y = tf.cast(y, tf.float32)
+    rank, k = y.shape.rank, len(shape)
+    if rank is None or (rank == k + 1 and not tf.executing_eagerly()):
+      return self._graph(name, fn)(y)     # the common graph case: [batch, *shape] as it is
+    trailing = tuple(y.shape[rank - k:]) if rank >= k else None
+    if rank < k or any(d is not None and d != e for d, e in zip(trailing, shape)):
+      raise ValueError(f"{method}: expected events of shape {list(shape)}, i.e. an input of "
+                       f"shape [..., {', '.join(map(str, shape))}]; got shape "
+                       f"{y.shape.as_list()}")
+    if rank == k + 1:
+      return self._graph(name, fn)(y)
+    batch = tf.shape(y)[:rank - k]
+    out = self._graph(name, fn)(tf.reshape(y, tf.concat([[-1], shape], 0)))
+    return tf.reshape(out, tf.concat([batch, tf.shape(out)[1:]], 0))
+
   def log_prob(self, y, training=False):
+    """`log p(y)`: `[batch]` for `y` of shape `[batch, *event_shape]`, a scalar for one event.
+
+    Raises:
+      ValueError: (one line) `y` is not of shape `[batch, *event_shape]` or `event_shape`.
+    """
     fn = lambda y: self.distribution(training=training).log_prob(y)
-    return self._graph(f"log_prob_{bool(training)}", fn)(tf.cast(y, tf.float32))
+    return self._per_event(f"log_prob_{bool(training)}", "log_prob", fn, y)
 
   def call(self, y, training=None):
     return self.log_prob(y, training=bool(training))
 
   def sample(self, n, temperature=1.0, seed=None):
+    """`n` samples `[n, *event_shape]` at `temperature` (a finite number > 0).
+
+    Raises:
+      ValueError: (one line) `n` is not an integer >= 0, or `temperature` is not finite > 0.
+        Tensors are checked in the graph (`InvalidArgumentError`, also in a SavedModel).
+    """
+    n, temperature = _checked_sample_args(n, temperature)
     if seed is None:
-      return self._graph("sample", lambda n, t: self.distribution(t).sample(n))(
-          tf.constant(n, tf.int32), tf.constant(temperature, tf.float32))
+      return self._graph("sample", lambda n, t: self.distribution(t).sample(n))(n, temperature)
     return self.distribution(temperature).sample(n, seed=seed)
 
   def encode(self, y):
-    return self._graph("encode", lambda y: self.bijector().inverse(y))(tf.cast(y, tf.float32))
+    """The latent `f^{-1}(y)` of data `y` (`[batch, *event_shape]` or one event)."""
+    return self._per_event("encode", "encode", lambda y: self.bijector().inverse(y), y)
 
   def decode(self, z):
-    return self._graph("decode", lambda z: self.bijector().forward(z))(tf.cast(z, tf.float32))
+    """The data `f(z)` of latents `z` (`[batch, *latent_shape]` or one latent)."""
+    return self._per_event("decode", "decode", lambda z: self.bijector().forward(z), z,
+                           self.latent_shape)
 
   def bits_per_dim(self, log_prob):
     return -log_prob / (self.num_dims * math.log(2.))
@@ -162,18 +199,25 @@ class FlowModel(keras.Model):
     statistics of the global batch (all-reduced across replicas).
 
     Raises:
-      ValueError: the batch gives fewer than 2 values per channel, or has the wrong shape.
+      ValueError: (one line) the batch gives fewer than 2 values per channel, has the
+        wrong shape, or holds NaN or Inf (nothing is initialised then).
     """
     if isinstance(y, tf.distribute.DistributedValues):
       strategy = self.distribute_strategy
       parts = strategy.experimental_local_results(y)
       batch = sum(int(p.shape[0]) for p in parts)
       self._check_init_batch(parts[0].shape[1:], batch)
+      for part in parts:
+        _check_finite_batch(part)
       self._warm_up()
       strategy.run(self._data_init, args=(y,))
       return
     y = tf.convert_to_tensor(y, tf.float32)
+    if y.shape.rank != len(self.event_shape) + 1:
+      raise ValueError(f"initialize: expected a batch of shape [batch, "
+                       f"{', '.join(map(str, self.event_shape))}]; got shape {y.shape.as_list()}")
     self._check_init_batch(y.shape[1:], int(y.shape[0]))
+    _check_finite_batch(y)
     self._warm_up()
     self._data_init(y)
 
@@ -195,6 +239,22 @@ class FlowModel(keras.Model):
     self.flow.data_init(self._preprocess().inverse(tf.cast(y, tf.float32)))
 
   def fit(self, x=None, *args, **kwargs):
+    """`keras.Model.fit`; `sample_weight` weights each example's NLL (see `compute_loss`).
+
+    Keras drops `sample_weight` when there is no `y`, and flows have none: here a dummy `y`
+    carries it through (`x` arrays; datasets may yield `(x, None, w)` themselves).
+
+    Raises:
+      ValueError: `sample_weight` for a model that cannot weight examples (Neumann
+        gradient), or `class_weight` (flows have no classes).
+    """
+    if kwargs.get("class_weight") is not None:
+      raise ValueError("class_weight: flows have no classes; expected None, got a dict "
+                       "(use sample_weight)")
+    if kwargs.get("sample_weight") is not None:
+      self._check_weights_allowed()
+      if not args and kwargs.get("y") is None and not isinstance(x, tf.data.Dataset):
+        kwargs["y"] = np.zeros([len(kwargs["sample_weight"])], np.float32)
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault("shuffle", False)   # a Dataset shuffles itself; spares Keras' warning
     if not self.initialized:
@@ -233,20 +293,47 @@ class FlowModel(keras.Model):
 
   # -- training ------------------------------------------------------------------------
 
+  def _uniform_weights_only(self):
+    """Names of layers whose gradient assumes equal example weights (Neumann gradient)."""
+    return [l.name for l in self._flatten_layers(recursive=True)
+            if getattr(getattr(l, "train_logdet", None), "neumann_gradient", False)]
+
+  def _check_weights_allowed(self):
+    blocked = self._uniform_weights_only()
+    if blocked:
+      raise ValueError(f"sample_weight: {self.name} uses the Neumann log-det gradient "
+                       f"({blocked[0]}), which assumes equal example weights; expected no "
+                       f"sample_weight for this model, got one")
+
   def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-    """Mean negative log-likelihood, scaled for the replicas of a distribution strategy."""
-    del x, y, sample_weight, training
-    loss = -tf.reduce_mean(y_pred)
+    """Mean negative log-likelihood, scaled for the replicas of a distribution strategy.
+
+    With `sample_weight` `w` (`fit(x, sample_weight=w)` or datasets of `(x, None, w)`), the
+    loss is Keras' `sum_over_batch_size` reduction `mean_i(w_i * nll_i)`. Residual Flows'
+    Neumann log-det gradient computes its parameter gradient for equal example weights, so
+    models with it refuse weights (ValueError) rather than train on a wrong gradient.
+    """
+    del x, y, training
+    nll = -y_pred
+    if sample_weight is not None:
+      self._check_weights_allowed()
+      weight = tf.reshape(tf.cast(sample_weight, nll.dtype), tf.shape(nll))
+      with tf.control_dependencies([tf.debugging.assert_greater_equal(
+          weight, tf.zeros([], weight.dtype),
+          message="sample_weight: expected finite weights >= 0")]):
+        nll = nll * tf.debugging.assert_all_finite(
+            weight, "sample_weight: expected finite weights >= 0")
+    loss = tf.reduce_mean(nll)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if replicas > 1:
       loss = loss / replicas
     return loss
 
   def compute_metrics(self, x, y, y_pred, sample_weight=None):
-    del x, y, sample_weight
-    self.nll_tracker.update_state(-y_pred)
+    del x, y
+    self.nll_tracker.update_state(-y_pred, sample_weight=sample_weight)
     if self.bpd_tracker is not None:
-      self.bpd_tracker.update_state(self.bits_per_dim(y_pred))
+      self.bpd_tracker.update_state(self.bits_per_dim(y_pred), sample_weight=sample_weight)
     results = self.get_metrics_result()
     if _spans_workers(tf.distribute.get_strategy()):
       # Keras 3 reduces logs across workers with `strategy.reduce("MEAN", v, axis=0)`,
@@ -266,3 +353,43 @@ class FlowModel(keras.Model):
   def from_config(cls, config):
     from tfpflows.models.architectures import build_flow  # pylint: disable=g-import-not-at-top
     return build_flow(**config)
+
+
+def _check_finite_batch(y):
+  if not bool(tf.reduce_all(tf.math.is_finite(y))):
+    bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(y), tf.int32)))
+    raise ValueError(f"initialize: expected a batch of finite values; got {bad} NaN or "
+                     f"infinite entries")
+
+
+def _checked_sample_args(n, temperature):
+  """`n` and `temperature` as tensors, checked: in Python when their values are known
+  (ValueError), as graph assertions otherwise (InvalidArgumentError, kept in SavedModels)."""
+  if isinstance(n, (bool, np.bool_)) or not (
+      tf.is_tensor(n) or isinstance(n, (int, np.integer))):
+    raise ValueError(f"sample: n must be an integer >= 0; got {n!r}")
+  if tf.is_tensor(n) and not n.dtype.is_integer:
+    raise ValueError(f"sample: n must be an integer >= 0; got a {n.dtype.name} tensor")
+  if not tf.is_symbolic_tensor(n) and int(n) < 0:
+    raise ValueError(f"sample: n must be an integer >= 0; got {int(n)}")
+  if not tf.is_symbolic_tensor(temperature):
+    try:
+      value = float(temperature)
+    except (TypeError, ValueError):
+      raise ValueError(f"sample: temperature must be a finite number > 0; got "
+                       f"{temperature!r}") from None
+    if not (math.isfinite(value) and value > 0):
+      raise ValueError(f"sample: temperature must be a finite number > 0; got {value}")
+  n = tf.cast(n, tf.int32)
+  temperature = tf.cast(temperature, tf.float32)
+  if not (tf.is_symbolic_tensor(n) or tf.is_symbolic_tensor(temperature)):
+    return n, temperature
+  message = "sample: temperature must be a finite number > 0"
+  checks = [
+      tf.debugging.assert_non_negative(n, message="sample: n must be an integer >= 0"),
+      tf.debugging.assert_greater(temperature, 0., message=message),
+      tf.debugging.assert_less(temperature, float("inf"), message=message),
+      tf.debugging.assert_equal(temperature, temperature, message=message),  # not NaN
+  ]
+  with tf.control_dependencies(checks):
+    return tf.identity(n), tf.identity(temperature)
