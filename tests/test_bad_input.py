@@ -7,15 +7,14 @@ those there before (listed recursively, with sizes).
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_trainer import REPO
+from tests.test_trainer import _assert_usage_error as assert_usage_error
+from tests.test_trainer import _main_in_process
 
 
 def _npy(tmp, array, name="data.npy"):
@@ -132,18 +131,6 @@ def _listing(root):
                     os.path.relpath(d, root) for d, _, _ in os.walk(root))
 
 
-def _main_in_process(argv, capsys):
-  """Runs the command line in this process: (exit code, stderr)."""
-  from trainers import train  # pylint: disable=g-import-not-at-top
-  capsys.readouterr()
-  try:
-    with pytest.raises(SystemExit) as e:
-      train.main(train._parse_flags(["train", *argv]))  # pylint: disable=protected-access
-  finally:
-    train.FLAGS.unparse_flags()
-  return subprocess.CompletedProcess(argv, e.value.code, "", capsys.readouterr().err)
-
-
 def cli_argv(case, tmp):
   setup, flags, keyword = CLI[case]
   extra = setup(tmp) if setup else []
@@ -153,14 +140,6 @@ def cli_argv(case, tmp):
       flags.append(default.format(tmp=tmp))
   return [*flags, "--steps=1"] if not any(f.startswith("--steps=") for f in flags) else flags, \
       keyword.format(tmp=tmp)
-
-
-def assert_usage_error(result, keyword):
-  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  lines = result.stderr.strip().splitlines()
-  assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr[-3000:]
-  assert lines[-1].startswith("error: ") and keyword in lines[-1], result.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------- Python API

@@ -64,10 +64,20 @@ def _finish(proc, timeout=300):
   return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _interrupt_after(proc, checkpoint_index, signum):
-  """Sends `signum` as soon as `checkpoint_index` exists (the run is then mid-epoch)."""
+def _listed(checkpoints, step):
+  """Whether the `checkpoint` index file of `checkpoints` lists ckpt-`step` (TF writes the
+  data files first and this index last: only then is the checkpoint saved)."""
+  try:
+    with open(os.path.join(checkpoints, "checkpoint")) as f:
+      return f'ckpt-{step}"' in f.read()
+  except OSError:
+    return False
+
+
+def _interrupt_after(proc, checkpoints, step, signum):
+  """Sends `signum` as soon as ckpt-`step` is saved (the run is then mid-epoch)."""
   deadline = time.time() + 240
-  while not os.path.exists(checkpoint_index):
+  while not _listed(checkpoints, step):
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert time.time() < deadline, "the checkpoint never appeared"
     time.sleep(0.01)
@@ -118,10 +128,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(name, signum, imag
                                                               tmp_path):
   root = str(tmp_path)
   after = CONFIGS[name][1]
-  first = _interrupt_after(_start(_flags(name, images, root)),
-                           os.path.join(root, "model", "checkpoints", f"ckpt-{after}.index"),
-                           signum)
   checkpoints = os.path.join(root, "model", "checkpoints")
+  first = _interrupt_after(_start(_flags(name, images, root)), checkpoints, after, signum)
   latest = tf.train.latest_checkpoint(checkpoints)
   step = int(latest.rsplit("-", 1)[1])
   if signum == signal.SIGKILL:
@@ -165,6 +173,8 @@ def test_diverging_run_stops_loudly_and_keeps_the_last_finite_checkpoint(tmp_pat
   bad = _finish(_start([*flags, "--steps=200", "--learning_rate=1e4", "--overwrite"]))
   assert bad.returncode == 3, bad.stderr[-3000:]
   assert "Traceback" not in bad.stderr
+  # The resumed run takes the learning rate given now (and says so), not the checkpoint's.
+  assert "learning rate: the checkpoint had 0.001; using --learning_rate=10000" in bad.stdout
   last = bad.stderr.strip().splitlines()[-1]
   assert last.startswith("error: training diverged at step ") and "learning_rate" in last
   assert int(last.split(" at step ")[1].split(":")[0]) > 40
