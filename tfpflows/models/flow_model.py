@@ -127,8 +127,8 @@ class FlowModel(keras.Model):
     shape = self.event_shape if shape is None else tuple(shape)
     y = tf.cast(y, tf.float32)
     rank, k = y.shape.rank, len(shape)
-    if rank is None or (rank == k + 1 and not tf.executing_eagerly()):
-      return self._graph(name, fn)(y)     # the common graph case: [batch, *shape] as it is
+    if rank is None:
+      return self._graph(name, fn)(y)
     trailing = tuple(y.shape[rank - k:]) if rank >= k else None
     if rank < k or any(d is not None and d != e for d, e in zip(trailing, shape)):
       raise ValueError(f"{method}: expected events of shape {list(shape)}, i.e. an input of "
