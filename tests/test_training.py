@@ -1,6 +1,9 @@
 """The library side of never losing work: the step-indexed data stream, `fit_steps`, the
 callbacks, sample weights, unbatched events and the separate evaluation seed stream."""
 
+import os
+import signal
+
 import keras
 import numpy as np
 import pytest
@@ -143,3 +146,47 @@ def test_evaluation_does_not_move_the_training_seed_stream():
   model.log_prob(tf.random.uniform([2, 8, 8, 1], 0, 256))   # stochastic evaluation log-det
   np.testing.assert_array_equal(layer.seed_generator.state.numpy(), before)
   assert not np.array_equal(layer.eval_seed_generator.state.numpy(), before)
+
+
+class _SendSignal(keras.callbacks.Callback):
+  """Sends this process `signum` (`times` times) at the end of step `at`."""
+
+  def __init__(self, signum, at, times=1):
+    super().__init__()
+    self.signum, self.at, self.times = signum, at, times
+
+  def on_train_batch_end(self, batch, logs=None):
+    if training.steps_done(self.model) == self.at:
+      for _ in range(self.times):
+        os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_at_the_step_reached_and_raises(tmp_path, signum):
+  flow = data.load_data("moons", batch_size=32, seed=0)
+  model = _model()
+  ckpt = FlowCheckpoint(model, tmp_path / "ckpt")
+  previous = signal.getsignal(signum)
+  with pytest.raises(training.Interrupted) as info:
+    with training.interruptible(ckpt) as on_signal:
+      training.fit_steps(model, flow.train_from, steps=50, eval_every=20, verbose=0,
+                         callbacks=[_SendSignal(signum, 7), on_signal])
+  assert info.value.step == 7 and info.value.exit_code == {signal.SIGTERM: 143,
+                                                           signal.SIGINT: 130}[signum]
+  assert info.value.checkpoint == ckpt.latest and ckpt.latest.endswith("ckpt-7")
+  assert signal.getsignal(signum) is previous   # handlers restored on the way out
+  assert "run the same command to resume" in str(info.value)
+
+
+def test_a_second_ctrl_c_aborts_and_the_latest_checkpoint_stays_whole(tmp_path):
+  flow = data.load_data("moons", batch_size=32, seed=0)
+  model = _model()
+  ckpt = FlowCheckpoint(model, tmp_path / "ckpt")
+  with pytest.raises(KeyboardInterrupt):
+    with training.interruptible(ckpt) as on_signal:
+      training.fit_steps(model, flow.train_from, steps=50, eval_every=20, verbose=0,
+                         callbacks=[training.PeriodicCheckpoint(ckpt, 5),
+                                    _SendSignal(signal.SIGINT, 8, times=2), on_signal])
+  assert ckpt.latest.endswith("ckpt-5")
+  restored = _model()
+  assert FlowCheckpoint(restored, tmp_path / "ckpt").restore_latest() == 5
