@@ -33,13 +33,18 @@ def _alive(pid):
   return True
 
 
+def _tmp_prefix(export_dir):
+  """Name prefix of the temporary folders of an export to `export_dir` (an absolute path)."""
+  return f".{os.path.basename(export_dir)}.tmp-export-"
+
+
 def sweep_stale_exports(export_dir):
   """Removes the temporary folders that dead processes left beside `export_dir`.
 
   Returns the paths removed. Folders of running processes (a concurrent export) stay.
   """
   export_dir = os.path.abspath(os.fspath(export_dir))
-  parent, prefix = os.path.dirname(export_dir), f".{os.path.basename(export_dir)}.tmp-export-"
+  parent, prefix = os.path.dirname(export_dir), _tmp_prefix(export_dir)
   removed = []
   if not os.path.isdir(parent):
     return removed
@@ -84,7 +89,7 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
     raise NonFiniteError("the model's weights are not finite (NaN or Inf); not exporting")
   parent = os.path.dirname(export_dir)
   os.makedirs(parent, exist_ok=True)
-  prefix = f".{os.path.basename(export_dir)}.tmp-export-"
+  prefix = _tmp_prefix(export_dir)
   sweep_stale_exports(export_dir)
   event_spec = tf.TensorSpec([None, *model.event_shape], tf.float32)
   latent_spec = tf.TensorSpec([None, *model.latent_shape], tf.float32)

@@ -39,9 +39,6 @@ __all__ = [
     "interruptible", "TensorBoardScalars", "ResidualHealth", "NonFiniteError",
 ]
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
 def steps_done(model):
   """The training step reached: the optimizer's `iterations`."""
   return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -165,7 +162,6 @@ class _SaveOnSignal(keras.callbacks.Callback):
     signum = self._guard.pending
     if signum is not None:
       step = steps_done(self.model)
-      self._guard.saving = True
       path = self._guard.checkpoint.save(step)
       raise Interrupted(signum, step, path)
 
@@ -178,7 +174,7 @@ class _SaveOnSignal(keras.callbacks.Callback):
 
 class _Guard:
   def __init__(self, checkpoint):
-    self.checkpoint, self.pending, self.saving = checkpoint, None, False
+    self.checkpoint, self.pending = checkpoint, None
     self.callback = _SaveOnSignal(self)
 
   def handle(self, signum, frame):

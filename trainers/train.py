@@ -371,6 +371,12 @@ class _Terminated(Exception):
   """SIGTERM outside training (training itself saves first: `training.interruptible`)."""
 
 
+def _kept(config, which):
+  """'the <which> checkpoint is <path>', or that there is none, for a closing line."""
+  latest = tf.train.latest_checkpoint(_checkpoint_dir(config))
+  return f"the {which} checkpoint is {latest}" if latest else "no checkpoint was written"
+
+
 def _on_sigterm(signum, frame):
   del frame
   raise _Terminated(signum)
@@ -392,15 +398,12 @@ def main(argv):
           f"{e.checkpoint}; run the same command to resume", file=sys.stderr)
     sys.exit(e.exit_code)
   except training.NonFiniteError as e:
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
-    kept = f"the last finite checkpoint is {latest}" if latest else "no checkpoint was written"
-    print(f"error: {e}; {kept}; nothing exported", file=sys.stderr)
+    print(f"error: {e}; {_kept(config, 'last finite')}; nothing exported", file=sys.stderr)
     sys.exit(EXIT_DIVERGED)
   except (KeyboardInterrupt, _Terminated) as e:
     signum = e.args[0] if isinstance(e, _Terminated) else signal.SIGINT
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
-    kept = f"the latest checkpoint is {latest}" if latest else "no checkpoint was written"
-    print(f"interrupted by {signal.Signals(signum).name} outside training; {kept}; run the "
+    print(f"interrupted by {signal.Signals(signum).name} outside training; "
+          f"{_kept(config, 'latest')}; run the "
           "same command to resume", file=sys.stderr)
     sys.exit(128 + int(signum))
   finally:

@@ -356,8 +356,8 @@ class FlowModel(keras.Model):
 
 
 def _check_finite_batch(y):
-  if not bool(tf.reduce_all(tf.math.is_finite(y))):
-    bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(y), tf.int32)))
+  bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(y), tf.int32)))
+  if bad:
     raise ValueError(f"initialize: expected a batch of finite values; got {bad} NaN or "
                      f"infinite entries")
 
