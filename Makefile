@@ -24,7 +24,7 @@ demo: $(STAMP)
 	    --eval_every=1000 --model_dir=demo_out/model --export_dir=demo_out/export --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/bench.txt
