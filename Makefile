@@ -33,6 +33,7 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 bench: $(BENCH_STAMP)
 	$(PY) bench/glow_throughput.py
 	$(PY) bench/resflow_bench.py
+	$(PY) bench/vi_bench.py
 
 clean:
 	rm -rf demo_out .pytest_cache

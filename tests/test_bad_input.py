@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpflows import vi
 from tests.test_trainer import _assert_usage_error as assert_usage_error
 from tests.test_trainer import _main_in_process
 
@@ -208,6 +209,25 @@ API = {
                           "num_levels must be a positive"),
     "build_zero_event_dim": (_build(event_shape=(0,)), ValueError, "event_shape"),
     "build_unknown_model": (_build(name="maf"), ValueError, "unknown model 'maf'"),
+    "build_unknown_placement": (_build(name="planar", placement="latent"), ValueError,
+                                "unknown placement 'latent'"),
+    "build_placement_for_coupling": (_build(placement="sample"), ValueError,
+                                     "glow is explicit in both directions"),
+    "build_zero_base_components": (_build(base_components=0), ValueError,
+                                   "base_components must be a positive integer; got 0"),
+    "build_mixture_base_for_images": (_build(event_shape=(8, 8, 1), base_components=3),
+                                      ValueError, "applies to vector events"),
+    "surrogate_for_images": (lambda m, tmp: vi.build_surrogate("realnvp", [4, 4, 1]),
+                             ValueError, "event_shape must be [D]"),
+    "surrogate_zero_scale": (lambda m, tmp: vi.build_surrogate("planar", [2],
+                                                               initial_scale=0.),
+                             ValueError, "initial_scale must be > 0"),
+    "surrogate_wrong_loc_length": (lambda m, tmp: vi.build_surrogate("planar", [2],
+                                                                     initial_loc=[1., 2., 3.]),
+                                   ValueError, "initial_loc must be a number or a vector"),
+    "fit_surrogate_zero_steps": (lambda m, tmp: vi.fit_surrogate(
+        lambda x: -tf.reduce_sum(x ** 2, -1), m["glow"], num_steps=0), ValueError,
+                                 "num_steps must be a positive integer; got 0"),
     "initialize_nan_batch": (lambda m, tmp: m["glow"].initialize(
         np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]])), ValueError,
                              "initialize: expected a batch of finite values"),

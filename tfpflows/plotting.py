@@ -66,6 +66,60 @@ def plot_density_2d(log_prob_fn, path, *, bounds=None, reference=None, grid_size
   return path
 
 
+def plot_density_pair(target_log_prob_fn, model_log_prob_fn, path, *, bounds=None,
+                      grid_size=200, titles=("target", "fitted flow")):
+  """Two heatmaps side by side, the target's `exp(log p)` and the model's, on one grid.
+
+  Each panel is normalised to its own maximum, so an unnormalised target (VI) compares
+  directly with the fitted density.
+  """
+  (x0, x1), (y0, y1) = bounds if bounds is not None else DEFAULT_BOUNDS
+  xs = np.linspace(x0, x1, grid_size, dtype=np.float32)
+  ys = np.linspace(y0, y1, grid_size, dtype=np.float32)
+  gx, gy = np.meshgrid(xs, ys)
+  grid = np.stack([gx.ravel(), gy.ravel()], axis=-1)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+  for ax, fn, title in zip(axes, (target_log_prob_fn, model_log_prob_fn), titles):
+    log_p = _numpy(fn(grid)).reshape(grid_size, grid_size).astype(np.float64)
+    log_p = np.where(np.isfinite(log_p), log_p, -np.inf)
+    ax.imshow(np.exp(log_p - np.max(log_p)), origin="lower", extent=(x0, x1, y0, y1),
+              cmap="viridis", interpolation="nearest")
+    ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xlim=(x0, x1), ylim=(y0, y1))
+    ax.set_aspect("equal")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_curve(values, path, *, ylabel, xlabel="step", reference=None, reference_label=None,
+               smooth=50, title=None):
+  """A learning curve: `values` per step (faint), their running mean over `smooth` steps,
+  and an optional horizontal `reference` line (e.g. the exact log Z above an ELBO)."""
+  values = _numpy(values).astype(np.float64)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  steps = np.arange(1, len(values) + 1)
+  ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+  if len(values) >= smooth > 1:
+    kernel = np.ones(smooth) / smooth
+    ax.plot(steps[smooth - 1:], np.convolve(values, kernel, mode="valid"), color="tab:blue",
+            label=f"{ylabel} (mean of {smooth})")
+  if reference is not None:
+    ax.axhline(reference, color="tab:red", linestyle="--", label=reference_label)
+  finite = values[np.isfinite(values)]
+  if finite.size:   # the first steps can be far below: show the last 90 %'s range
+    tail = finite[len(finite) // 10:]
+    lo, hi = np.min(tail), max(np.max(tail), reference if reference is not None else -np.inf)
+    pad = 0.1 * max(hi - lo, 1e-3)
+    ax.set_ylim(lo - pad, hi + pad)
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
 def plot_samples_2d(samples, path, *, reference=None, bounds=None, title="model samples"):
   """Scatter of `samples` [n, 2]; with `reference` [m, 2], a data panel on its left.
 

@@ -7,6 +7,7 @@ the paper's data-to-latent formula as the inverse.
 from tfpflows.bijectors.actnorm import ActNorm
 from tfpflows.bijectors.conv1x1 import Invertible1x1Conv, LUInvertible1x1Conv, lu_weight
 from tfpflows.bijectors.coupling import Coupling
+from tfpflows.bijectors.deferred import Deferred
 from tfpflows.bijectors.factor_out import FactorOut
 from tfpflows.bijectors.fixed_point import FixedPointInverse
 from tfpflows.bijectors.logdet import LogDetEstimator
@@ -16,6 +17,6 @@ from tfpflows.bijectors.residual import ResidualBlock
 from tfpflows.bijectors.squeeze import Squeeze
 from tfpflows.bijectors.sylvester import Sylvester
 
-__all__ = ["ActNorm", "Coupling", "FactorOut", "FixedPointInverse", "Invertible1x1Conv",
+__all__ = ["ActNorm", "Coupling", "Deferred", "FactorOut", "FixedPointInverse", "Invertible1x1Conv",
            "LUInvertible1x1Conv", "LogDetEstimator", "Planar", "Radial", "ResidualBlock",
            "Squeeze", "Sylvester", "lu_weight"]

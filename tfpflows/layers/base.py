@@ -2,6 +2,20 @@
 
 import keras
 
+# Where a map that is explicit in one direction only sits (planar, radial, Sylvester,
+# residual blocks): "density" puts the explicit map on the data-to-latent side (exact,
+# cheap `log_prob`; sampling inverts it iteratively), "sample" on the latent-to-data side
+# (exact, cheap `sample` and `experimental_sample_and_log_prob`, as in variational
+# inference; `log_prob` of other points inverts it iteratively).
+PLACEMENTS = ("density", "sample")
+
+
+def check_placement(placement, owner):
+  if placement not in PLACEMENTS:
+    raise ValueError(f"{owner}: placement must be one of {', '.join(map(repr, PLACEMENTS))}; "
+                     f"got {placement!r}")
+  return placement
+
 
 class BijectorLayer(keras.layers.Layer):
   """A Keras 3 layer that owns a bijector's weights and networks.

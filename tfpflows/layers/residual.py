@@ -6,7 +6,9 @@ import tensorflow as tf
 
 from tfpflows import bijectors
 from tfpflows.bijectors.logdet import LogDetEstimator
-from tfpflows.layers.base import BijectorLayer
+import tensorflow_probability as tfp
+
+from tfpflows.layers.base import BijectorLayer, check_placement
 
 __all__ = ["ResidualLayer", "EXACT_MAX_DIMS"]
 
@@ -36,13 +38,19 @@ class ResidualLayer(BijectorLayer):
     eval_logdet: `LogDetEstimator` for evaluation (default above).
     inverse: `bijectors.FixedPointInverse` settings.
     seed: seed of the estimator's seed stream.
+    placement: `"density"` (default: `z = y + g(y)` on the way to the latent, exact
+      `log_prob` up to the estimator, sampling by the fixed-point iteration) or `"sample"`
+      (`tfb.Invert` of the block: `y = z + g(z)` on the way to the data, so `sample` and
+      `experimental_sample_and_log_prob` are explicit, for variational inference, and
+      `log_prob` of other points uses the fixed point).
   """
 
   iterative = True   # fixed-point inverse, series: FlowModel runs eager calls as graphs
 
   def __init__(self, network, event_shape, *, train_logdet=None, eval_logdet=None,
-               inverse=None, seed=None, **kwargs):
+               inverse=None, seed=None, placement="density", **kwargs):
     super().__init__(**kwargs)
+    self.placement = check_placement(placement, "ResidualLayer")
     self.network = network
     self.event_shape = tuple(int(d) for d in event_shape)
     self.event_ndims = len(self.event_shape)
@@ -62,7 +70,13 @@ class ResidualLayer(BijectorLayer):
     return tf.cast(generator.next(), tf.int32)
 
   def bijector(self, training=False, logdet=None):
-    """The block from the current weights; `logdet` overrides the estimator."""
+    """The block from the current weights, placed (`Invert`ed for `placement="sample"`)."""
+    block = self.block(training=training, logdet=logdet)
+    return tfp.bijectors.Invert(block) if self.placement == "sample" else block
+
+  def block(self, training=False, logdet=None):
+    """The `ResidualBlock` (`inverse`: `y + g(y)`) from the current weights; `logdet`
+    overrides the estimator."""
     estimator = logdet or (self.train_logdet if training else self.eval_logdet)
     seed = self._next_seed(training) if estimator.stochastic else tf.zeros([2], tf.int32)
     frozen = getattr(self.network, "frozen", None)
@@ -98,13 +112,24 @@ class ResidualLayer(BijectorLayer):
     `report[name]` gets: `lipschitz` (bound on Lip(g)), `series_terms` (terms of one draw
     of the training estimator), `logdet_std` (standard deviation of the training
     estimator over `num_draws` draws, averaged over the batch), `inverse_iterations` and
-    `inverse_residual` (fixed-point solve of this batch's output).
+    `inverse_residual` (fixed-point solve of this batch's output). With
+    `placement="sample"` the explicit map runs from latent to data: the figures are those
+    of the block at this batch's latent `z` (the fixed point of `y`).
     """
-    block = self.bijector()
+    if self.placement == "sample":
+      z = self.bijector().inverse(y)
+      self._diagnose_block(tf.identity(z), report, num_draws)
+      return z
+    self._diagnose_block(y, report, num_draws)
+    return self.bijector().inverse(y)
+
+  def _diagnose_block(self, y, report, num_draws):
+    """The figures of `diagnose` for the block's explicit map applied to `y`."""
+    block = self.block()
     z = block.inverse(y)
     draws, terms = [], None
     for _ in range(num_draws):
-      estimate = self.bijector(logdet=self.train_logdet.replace(neumann_gradient=False))
+      estimate = self.block(logdet=self.train_logdet.replace(neumann_gradient=False))
       _, logdet, n = estimate.inverse_and_log_det(y)
       draws.append(logdet)
       terms = n if terms is None else terms
@@ -119,4 +144,3 @@ class ResidualLayer(BijectorLayer):
     if bound is not None:
       entry["lipschitz"] = tf.cast(bound, tf.float32)
     report[self.name] = entry
-    return z

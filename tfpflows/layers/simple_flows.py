@@ -1,9 +1,12 @@
 """Keras layers for planar, radial and Sylvester flows, and the layer list of such a model.
 
-Each layer owns the raw (unconstrained) parameters and builds `tfb.Invert(<bijector>)`: the
-paper's map, exact and cheap with its log-det, runs on the data-to-latent side (`log_prob`),
-and sampling uses the bijector's iterative (planar, Sylvester) or closed-form (radial)
-inverse.
+Each layer owns the raw (unconstrained) parameters. With `placement="density"` (the
+default) it builds `tfb.Invert(<bijector>)`: the paper's map, exact and cheap with its
+log-det, runs on the data-to-latent side (`log_prob`), and sampling uses the bijector's
+iterative (planar, Sylvester) or closed-form (radial) inverse. With `placement="sample"` it
+builds `<bijector>` itself: the map runs on the latent-to-data side, as Rezende & Mohamed
+apply it to posterior samples, so `sample` and `experimental_sample_and_log_prob` are exact
+and cheap (variational inference) and `log_prob` of other points needs the inverse.
 """
 
 import math
@@ -17,7 +20,7 @@ from tfpflows.bijectors.planar import Planar
 from tfpflows.bijectors.radial import Radial
 from tfpflows.bijectors.sylvester import KINDS, Sylvester
 from tfpflows.layers.actnorm import ActNormLayer
-from tfpflows.layers.base import BijectorLayer
+from tfpflows.layers.base import BijectorLayer, check_placement
 
 tfb = tfp.bijectors
 
@@ -34,6 +37,10 @@ def _const(value):
   return keras.initializers.Constant(np.asarray(value, dtype="float32"))
 
 
+def _placed(bijector, placement):
+  return bijector if placement == "sample" else tfb.Invert(bijector)
+
+
 def _check_dim(dim, label):
   dim = int(dim)
   if dim < 1:
@@ -42,7 +49,7 @@ def _check_dim(dim, label):
 
 
 class PlanarLayer(BijectorLayer):
-  """Owns a planar flow's `w [D]`, raw `u [D]` and `b []`; builds `Invert(Planar)`.
+  """Owns a planar flow's `w [D]`, raw `u [D]` and `b []`; builds `Invert(Planar)` or `Planar`.
 
   Initialised near the identity: `w ~ N(0, I / D)`, `b = 0`, and `u` with its component
   along `w` set so that `w^T u_hat = m(w^T u) = 0`, plus `N(0, 10^-4 I / D)` noise, so
@@ -51,13 +58,15 @@ class PlanarLayer(BijectorLayer):
   Args:
     dim: `D`.
     seed: seed of the initial values.
+    placement: `"density"` (`Invert(Planar)`) or `"sample"` (`Planar`), see the module.
   """
 
   iterative = True   # inverse by bounded 1-D solves
 
-  def __init__(self, dim, *, seed=0, **kwargs):
+  def __init__(self, dim, *, seed=0, placement="density", **kwargs):
     super().__init__(**kwargs)
     self.dim = _check_dim(dim, "PlanarLayer")
+    self.placement = check_placement(placement, "PlanarLayer")
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(self.dim) / math.sqrt(self.dim)
     u = _LOG_E_MINUS_1 * w / np.sum(w * w) + 0.01 * rng.standard_normal(self.dim) / math.sqrt(
@@ -69,11 +78,11 @@ class PlanarLayer(BijectorLayer):
   def bijector(self, training=False):
     del training
     t = tf.convert_to_tensor
-    return tfb.Invert(Planar(t(self.w), t(self.u), t(self.b), name=self.name))
+    return _placed(Planar(t(self.w), t(self.u), t(self.b), name=self.name), self.placement)
 
 
 class RadialLayer(BijectorLayer):
-  """Owns a radial flow's `z0 [D]`, raw `alpha []` and raw `beta []`; builds `Invert(Radial)`.
+  """Owns a radial flow's `z0 [D]`, raw `alpha []` and raw `beta []`; builds `Invert(Radial)` or `Radial`.
 
   Initialised near the identity: `z0 ~ N(0, I)`, `raw_alpha = 0` (alpha = log 2) and
   `raw_beta ~ N(0, 10^-4)`, so `beta = softplus(raw_beta) - alpha` is about 0.
@@ -81,11 +90,13 @@ class RadialLayer(BijectorLayer):
   Args:
     dim: `D`.
     seed: seed of the initial values.
+    placement: `"density"` (`Invert(Radial)`) or `"sample"` (`Radial`), see the module.
   """
 
-  def __init__(self, dim, *, seed=0, **kwargs):
+  def __init__(self, dim, *, seed=0, placement="density", **kwargs):
     super().__init__(**kwargs)
     self.dim = _check_dim(dim, "RadialLayer")
+    self.placement = check_placement(placement, "RadialLayer")
     rng = np.random.default_rng(seed)
     self.z0 = self.add_weight(shape=(self.dim,), initializer=_const(rng.standard_normal(self.dim)),
                               name="z0")
@@ -96,11 +107,12 @@ class RadialLayer(BijectorLayer):
   def bijector(self, training=False):
     del training
     t = tf.convert_to_tensor
-    return tfb.Invert(Radial(t(self.z0), t(self.raw_alpha), t(self.raw_beta), name=self.name))
+    return _placed(Radial(t(self.z0), t(self.raw_alpha), t(self.raw_beta), name=self.name),
+                   self.placement)
 
 
 class SylvesterLayer(BijectorLayer):
-  """Owns a Sylvester flow's raw `Q`, `R`, `R~` and `b`; builds `Invert(Sylvester)`.
+  """Owns a Sylvester flow's raw `Q`, `R`, `R~` and `b`; builds `Invert(Sylvester)` or `Sylvester`.
 
   Initialised near the identity: `R`'s raw entries `~ N(0, 10^-4)` (so `Q R h(.)` is small),
   `R~`'s `~ N(0, 1/4)`, `b = 0`, and `Q` from a Gaussian raw matrix (or Gaussian
@@ -114,14 +126,16 @@ class SylvesterLayer(BijectorLayer):
       product of `num_reflections` reflections, `M = D`).
     num_reflections: `K` for `"householder"` (default `min(D, 8)`).
     seed: seed of the initial values.
+    placement: `"density"` (`Invert(Sylvester)`) or `"sample"` (`Sylvester`), see the module.
   """
 
   iterative = True   # inverse by bounded 1-D solves
 
   def __init__(self, dim, *, num_hidden=None, kind="orthogonal", num_reflections=None,
-               seed=0, **kwargs):
+               seed=0, placement="density", **kwargs):
     super().__init__(**kwargs)
     self.dim = _check_dim(dim, "SylvesterLayer")
+    self.placement = check_placement(placement, "SylvesterLayer")
     if kind not in KINDS:
       raise ValueError(f"SylvesterLayer: kind must be one of {KINDS}, got {kind!r}")
     self.kind = kind
@@ -156,8 +170,8 @@ class SylvesterLayer(BijectorLayer):
   def bijector(self, training=False):
     del training
     t = tf.convert_to_tensor
-    return tfb.Invert(Sylvester(t(self.q_raw), t(self.r_raw), t(self.r_tilde_raw), t(self.b),
-                                kind=self.kind, name=self.name))
+    return _placed(Sylvester(t(self.q_raw), t(self.r_raw), t(self.r_tilde_raw), t(self.b),
+                             kind=self.kind, name=self.name), self.placement)
 
 
 class ReshapeLayer(BijectorLayer):
@@ -178,7 +192,7 @@ class ReshapeLayer(BijectorLayer):
 
 
 def simple_flow_layers(name, event_shape, *, num_steps, hidden=64, seed=0, kind="orthogonal",
-                       actnorm=True):
+                       actnorm=True, placement="density"):
   """The layers (data side first) of a planar, radial or Sylvester flow on `event_shape`.
 
   `[ActNorm(D)] + num_steps x <flow layer>` on vectors `[D]`; images `[H, W, C]` are
@@ -196,6 +210,7 @@ def simple_flow_layers(name, event_shape, *, num_steps, hidden=64, seed=0, kind=
     seed: layer `k` is initialised with `seed + k`.
     kind: Sylvester's `"orthogonal"` or `"householder"`.
     actnorm: whether to start with an ActNorm layer.
+    placement: `"density"` or `"sample"`: the side of the explicit maps (see the module).
 
   Raises:
     ValueError: a one-line message for an unknown name or kind, or an impossible shape.
@@ -207,6 +222,7 @@ def simple_flow_layers(name, event_shape, *, num_steps, hidden=64, seed=0, kind=
   event_shape = [int(d) for d in event_shape]
   if len(event_shape) not in (1, 3):
     raise ValueError(f"event_shape must be [D] or [H, W, C], got {event_shape}")
+  check_placement(placement, "simple_flow_layers")
   if num_steps < 1 or hidden < 1:
     raise ValueError(f"num_steps and hidden must be positive, got {num_steps} and {hidden}")
   d = int(np.prod(event_shape))
@@ -216,14 +232,15 @@ def simple_flow_layers(name, event_shape, *, num_steps, hidden=64, seed=0, kind=
     layers.append(ActNormLayer(d, event_ndims=1))
   for k in range(num_steps):
     if name == "planar":
-      layers.append(PlanarLayer(d, seed=seed + k))
+      layers.append(PlanarLayer(d, seed=seed + k, placement=placement))
     elif name == "radial":
-      layers.append(RadialLayer(d, seed=seed + k))
+      layers.append(RadialLayer(d, seed=seed + k, placement=placement))
     elif kind == "orthogonal":
-      layers.append(SylvesterLayer(d, num_hidden=min(d, hidden), seed=seed + k))
+      layers.append(SylvesterLayer(d, num_hidden=min(d, hidden), seed=seed + k,
+                                   placement=placement))
     else:
       layers.append(SylvesterLayer(d, kind="householder", num_reflections=min(d, hidden),
-                                   seed=seed + k))
+                                   seed=seed + k, placement=placement))
   if image:
     layers.append(ReshapeLayer([d], event_shape))
   return layers

@@ -12,6 +12,8 @@ from tfpflows.models.flow_model import FlowModel
 COUPLING_NAMES = ("glow", "nice", "realnvp")
 NAMES = COUPLING_NAMES + residual_flows.NAMES + simple_flows.SIMPLE_NAMES
 PERMUTATIONS = ("lu", "plain", "reverse", "random")
+# Families whose maps are explicit in one direction only: they take `placement`.
+PLACED_NAMES = residual_flows.NAMES + simple_flows.SIMPLE_NAMES
 
 _DEFAULTS = {
     # name: (num_steps, hidden) for vectors, then for images
@@ -79,7 +81,7 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
 
 
 def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0,
-               permutation="lu"):
+               permutation="lu", placement="density", base_components=1):
   """Builds a `FlowModel`: Glow, RealNVP, NICE, i-ResNet, Residual Flow, planar, radial, Sylvester.
 
   Vectors (`event_shape = [D]`): `num_steps` steps on the whole vector, MLP conditioners.
@@ -115,6 +117,17 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     permutation: Glow's channel mixing: `"lu"` (LU-decomposed 1x1 convolution, default),
       `"plain"` (1x1 convolution, log-det from QR), or the fixed `"reverse"` and `"random"`
       permutations Glow compares them with. Glow only.
+    placement: where the maps that are explicit in one direction only sit (planar, radial,
+      Sylvester, i-ResNet, Residual Flow; `PLACED_NAMES`): `"density"` (default) on the
+      data-to-latent side, for density estimation (exact, cheap `log_prob`; sampling
+      inverts iteratively), or `"sample"` on the latent-to-data side, for variational
+      inference (exact, cheap `sample` and `experimental_sample_and_log_prob`; `log_prob`
+      of other points inverts iteratively). Coupling flows are explicit both ways and
+      take `"density"` only. `tfpflows.vi.build_surrogate` picks `"sample"`.
+    base_components: `K`; 1 (default) for the standard normal base, `K >= 2` for a
+      learnable mixture of `K` diagonal Gaussians (`layers.GaussianMixtureBase`, vectors
+      only): several modes for the flow to move, which keeps a variational fit from
+      settling on one mode of a multimodal target.
 
   Raises:
     ValueError: a one-line message for an unknown name or an impossible shape.
@@ -127,6 +140,19 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if permutation != "lu" and name != "glow":
     raise ValueError(f"permutation={permutation!r} applies to glow only; {name} alternates "
                      f"its coupling masks instead")
+  if (isinstance(base_components, bool) or not isinstance(base_components, numbers.Integral)
+      or base_components < 1):
+    raise ValueError(f"build_flow: base_components must be a positive integer; got "
+                     f"{base_components!r}")
+  if base_components > 1 and len(event_shape) != 1:
+    raise ValueError(f"base_components={base_components} applies to vector events [D]; got "
+                     f"event_shape {list(event_shape)}")
+  if placement not in L.PLACEMENTS:
+    raise ValueError(f"unknown placement {placement!r}; expected one of "
+                     f"{', '.join(L.PLACEMENTS)}")
+  if placement != "density" and name not in PLACED_NAMES:
+    raise ValueError(f"placement={placement!r} applies to {', '.join(PLACED_NAMES)}; {name} "
+                     f"is explicit in both directions (expected placement='density')")
   for arg, value in (("num_levels", num_levels), ("num_steps", num_steps),
                      ("hidden", hidden)):
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
@@ -145,12 +171,19 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   hidden = (img_hidden if image else vec_hidden) if hidden is None else hidden
   spec = dict(name=name, event_shape=list(event_shape), num_steps=num_steps, hidden=hidden,
               seed=seed, permutation=permutation)
+  if placement != "density":
+    spec["placement"] = placement
+  base = None
+  if base_components > 1:
+    spec["base_components"] = int(base_components)
+    base = L.GaussianMixtureBase(event_shape[0], int(base_components), seed=seed)
   if name in simple_flows.SIMPLE_NAMES:
     if num_levels not in (None, 1):
       raise ValueError(f"num_levels applies to the multi-scale flows only; got {num_levels} "
                        f"for {name}")
     flow = L.ChainLayer(simple_flows.simple_flow_layers(
-        name, event_shape, num_steps=num_steps, hidden=hidden, seed=seed))
+        name, event_shape, num_steps=num_steps, hidden=hidden, seed=seed,
+        placement=placement))
   elif image:
     num_levels = 3 if num_levels is None else int(num_levels)
     h, w, c = event_shape
@@ -162,7 +195,8 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     spec["num_levels"] = num_levels
     if name in residual_flows.NAMES:
       flow = residual_flows.residual_flow(name, event_shape, num_levels=num_levels,
-                                          num_steps=num_steps, hidden=hidden, seed=seed)
+                                          num_steps=num_steps, hidden=hidden, seed=seed,
+                                          placement=placement)
     else:
       flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden,
                           seed=seed, permutation=permutation)
@@ -176,14 +210,15 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
       raise ValueError(f"vector flows need D >= 2 dimensions, got {d}")
     if name in residual_flows.NAMES:
       flow = residual_flows.residual_flow(name, event_shape, num_levels=1,
-                                          num_steps=num_steps, hidden=hidden, seed=seed)
+                                          num_steps=num_steps, hidden=hidden, seed=seed,
+                                          placement=placement)
     else:
       layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed,
                       permutation=permutation)
       if name == "nice":
         layers.append(L.ActNormLayer(d, event_ndims=1))
       flow = L.ChainLayer(layers)
-  model = FlowModel(flow, event_shape, image=image, spec=spec, name=f"{name}_flow")
+  model = FlowModel(flow, event_shape, image=image, spec=spec, base=base, name=f"{name}_flow")
   model.build()  # every weight exists now, inside the caller's distribution scope
   model(tf.zeros((1,) + event_shape))  # creates every weight now, inside the caller's scope
   return model

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfpflows import bijectors
 from tfpflows.layers.actnorm import ActNormLayer
 
 tfb, tfd = tfp.bijectors, tfp.distributions
@@ -45,14 +46,18 @@ class FlowModel(keras.Model):
     event_shape: data event shape, `[D]` or `[H, W, C]`.
     image: whether data are 8-bit images scaled as above.
     spec: the `build_flow` arguments, used by `get_config` for `model.save`.
+    base: optional Keras layer with a `distribution(temperature, reparameterize)` method
+      (`tfpflows.layers.GaussianMixtureBase`) replacing the standard normal base; its
+      weights train with the flow's.
   """
 
-  def __init__(self, flow, event_shape, *, image=False, spec=None, **kwargs):
+  def __init__(self, flow, event_shape, *, image=False, spec=None, base=None, **kwargs):
     # The flow's own arithmetic (log-dets, ActNorm, 1x1 convolutions) stays float32 under a
     # mixed-precision policy; only the conditioner networks follow the global Keras policy.
     kwargs.setdefault("dtype", "float32")
     super().__init__(**kwargs)
     self.flow = flow
+    self.base = base
     self.event_shape = tuple(int(d) for d in event_shape)
     self.is_image = bool(image)
     self._spec = dict(spec or {})
@@ -63,8 +68,14 @@ class FlowModel(keras.Model):
   def build(self, input_shape=None):
     """Creates every weight by one data-to-latent pass on zeros (conditioners build lazily)."""
     del input_shape
-    self.flow.bijector().inverse(tf.zeros((1,) + self.event_shape))
+    flow = self.flow.bijector()
+    flow.inverse(tf.zeros((1,) + self.event_shape))
+    latent = tuple(flow.inverse_event_shape(self.event_shape).as_list())
+    if latent != self.event_shape:   # `bijector()` (a `Deferred`) relies on it
+      raise ValueError(f"FlowModel: the flow must map events of shape {self.event_shape} to "
+                       f"latents of the same shape; got {latent}")
     self.built = True
+    self.__dict__.pop("_tf_variables", None)
 
   # -- TFP objects built from the current weights --------------------------------------
 
@@ -74,26 +85,72 @@ class FlowModel(keras.Model):
     return tfb.Chain([tfb.Scale(256.), tfb.Shift(0.5)], name="pixels")
 
   def bijector(self, training=False):
-    """`tfb.Chain([pixel scaling, flow])`: latent -> data in `forward`.
+    """The flow as a live `tfb.Bijector`, latent -> data in `forward` (pixel scaling included).
+
+    Live: the bijector is rebuilt from the current weights each time it is used
+    (`tfpflows.bijectors.Deferred`), so one object, made once, trains every weight under
+    `tf.GradientTape` (eager or `tf.function`), `tfp.math.minimize` and
+    `tfp.vi.fit_surrogate_posterior`, and always sees the latest values. Its
+    `trainable_variables` are the model's (`tf_trainable_variables`).
 
     `training=True` gives the training setting of stochastic layers (residual blocks'
-    log-det estimator); the default is the evaluation setting.
+    log-det estimator, with a fresh seed at every use); the default is the evaluation
+    setting.
+    """
+    return bijectors.Deferred(lambda: self.snapshot_bijector(training=training),
+                              event_ndims=len(self.event_shape), variables=self.tf_variables,
+                              name="flow")
+
+  def snapshot_bijector(self, training=False):
+    """`tfb.Chain([pixel scaling, flow])` built from the weights' values *now*.
+
+    A snapshot: its parameters are tensors, so a snapshot kept and used after the weights
+    change gives stale results and no gradients to the weights. Build it inside the
+    computation that uses it, or use the live `bijector()`.
     """
     return tfb.Chain([self._preprocess(), self.flow.bijector(training=training)], name="flow")
 
   @property
-  def latent_shape(self):
-    """Shape of one latent event (`encode`'s output): the data's shape for these flows."""
-    return tuple(self.bijector().inverse_event_shape(self.event_shape).as_list())
+  def tf_variables(self):
+    """Every weight as the `tf.Variable` TFP expects (Keras 3 variables wrap one each)."""
+    if "_tf_variables" not in self.__dict__:
+      self.__dict__["_tf_variables"] = tuple(_tf_variable(v) for v in self.weights)
+    return self.__dict__["_tf_variables"]
 
-  def distribution(self, temperature=1.0, training=False):
-    """`tfd.TransformedDistribution(N(0, T^2 I), bijector())` from the current weights."""
+  @property
+  def tf_trainable_variables(self):
+    """The trainable weights as `tf.Variable`s: what to pass as TFP's `trainable_variables`.
+
+    `model.trainable_variables` (Keras variables) is what Keras' own optimisers and `fit`
+    use; TFP's `fit_surrogate_posterior`, `minimize` and `tf.GradientTape.watch` want
+    these. The model's `distribution()` and `bijector()` list them too.
+    """
+    return tuple(v for v in self.tf_variables if v.trainable)
+
+  @property
+  def latent_shape(self):
+    """Shape of one latent event (`encode`'s output): the data's shape (checked by `build`)."""
+    return self.event_shape
+
+  def distribution(self, temperature=1.0, training=False, name=None):
+    """`tfd.TransformedDistribution(base, bijector())`: live, like `bijector()`.
+
+    The base is `N(0, T^2 I)` (or the model's learnable `base`, its scales times `T`).
+    Built once, the distribution reads the current weights at every `log_prob`, `sample`
+    and `experimental_sample_and_log_prob`; `trainable_variables` lists every weight
+    (`tf_trainable_variables`). `training=True` is the setting to optimise: residual
+    blocks' unbiased log-det estimator, a mixture base's reparameterised samples. `name`
+    (default: TFP's) is what a `JointDistribution` refers to it by.
+    """
     bijector = self.bijector(training=training)
-    latent_shape = bijector.inverse_event_shape(self.event_shape)
-    base = tfd.Sample(tfd.Normal(tf.zeros([], tf.float32),
-                                 tf.cast(temperature, tf.float32)),
-                      sample_shape=latent_shape)
-    return tfd.TransformedDistribution(base, bijector, name="flow_distribution")
+    if self.base is not None:
+      base = self.base.distribution(temperature, reparameterize=training)
+    else:
+      base = tfd.Sample(tfd.Normal(tf.zeros([], tf.float32),
+                                   tf.cast(temperature, tf.float32)),
+                        sample_shape=self.latent_shape)
+    kwargs = {} if name is None else {"name": name}
+    return tfd.TransformedDistribution(base, bijector, **kwargs)
 
   def _iterative(self):
     """Whether some layer inverts or estimates iteratively (`iterative = True`)."""
@@ -353,6 +410,17 @@ class FlowModel(keras.Model):
   def from_config(cls, config):
     from tfpflows.models.architectures import build_flow  # pylint: disable=g-import-not-at-top
     return build_flow(**config)
+
+
+def _tf_variable(variable):
+  """The `tf.Variable` behind a Keras 3 variable (TensorFlow backend), or `variable` itself."""
+  if isinstance(variable, tf.Variable):
+    return variable
+  value = getattr(variable, "_value", None)
+  if not isinstance(value, tf.Variable):
+    raise TypeError(f"expected a Keras variable of the TensorFlow backend, got "
+                    f"{type(variable).__name__}")
+  return value
 
 
 def _check_finite_batch(y):

@@ -20,7 +20,7 @@ SETTINGS = {
 POWER_ITERATIONS = 5
 
 
-def _block(name, event_shape, *, hidden, seed, first=False):
+def _block(name, event_shape, *, hidden, seed, first=False, placement="density"):
   """ActNorm then a residual block `y + g(y)`, data side first."""
   activation, coeff, estimator = SETTINGS[name]
   channels = event_shape[-1]
@@ -34,32 +34,34 @@ def _block(name, event_shape, *, hidden, seed, first=False):
                                        preactivation=not first,
                                        n_iterations=POWER_ITERATIONS)
   return [L.ActNormLayer(channels, event_ndims=len(event_shape)),
-          ResidualLayer(net, event_shape, train_logdet=estimator, seed=seed)]
+          ResidualLayer(net, event_shape, train_logdet=estimator, seed=seed,
+                        placement=placement)]
 
 
-def _image_level(name, level, num_levels, shape, *, num_steps, hidden, seed):
+def _image_level(name, level, num_levels, shape, *, num_steps, hidden, seed, placement):
   """Squeeze, `num_steps` blocks, factor out half (all but the last level), unsqueeze."""
   h, w, c = shape
   shape = (h // 2, w // 2, 4 * c)
   layers = [L.SqueezeLayer()]
   for k in range(num_steps):
     layers += _block(name, shape, hidden=hidden, seed=seed + 1000 * level + k,
-                     first=(level == 0 and k == 0))
+                     first=(level == 0 and k == 0), placement=placement)
   if level < num_levels - 1:
     kept = (shape[0], shape[1], shape[2] // 2)
     inner = _image_level(name, level + 1, num_levels, kept, num_steps=num_steps,
-                         hidden=hidden, seed=seed)
+                         hidden=hidden, seed=seed, placement=placement)
     layers.append(L.FactorOutLayer(inner, shape[2], event_ndims=3))
   layers.append(L.SqueezeLayer(unsqueeze=True))
   return L.ChainLayer(layers)
 
 
-def residual_flow(name, event_shape, *, num_levels, num_steps, hidden, seed):
+def residual_flow(name, event_shape, *, num_levels, num_steps, hidden, seed,
+                  placement="density"):
   """The root layer of an i-ResNet or Residual Flow (see `build_flow`)."""
   if len(event_shape) == 1:
     layers = []
     for k in range(num_steps):
-      layers += _block(name, event_shape, hidden=hidden, seed=seed + k)
+      layers += _block(name, event_shape, hidden=hidden, seed=seed + k, placement=placement)
     return L.ChainLayer(layers)
   return _image_level(name, 0, num_levels, event_shape, num_steps=num_steps, hidden=hidden,
-                      seed=seed)
+                      seed=seed, placement=placement)

@@ -1,0 +1,217 @@
+"""Variational inference in equal wall-clock time: our flow surrogates vs TFP's own IAF.
+
+Targets (`tfpflows.targets`, 2D, unnormalised with known log Z): `banana`, `funnel` (Neal's,
+sigma = 3) and `mixture` (4 well-separated Gaussians on a circle of radius 3, sd 0.5). For
+each target, each system and each seed, one process:
+
+1. builds the surrogate (seeded) and one `tf.function(jit_compile=True)` training step:
+   `tfp.vi.monte_carlo_variational_loss` (reverse KL, reparameterised, `--sample-size`
+   samples, stateless seeds), its gradient and a Keras `Adam(--lr)` update of the
+   surrogate's `trainable_variables` (exactly the step `tfp.vi.fit_surrogate_posterior`
+   runs);
+2. runs the step once untimed (compilation), then for `--budget` seconds of wall clock;
+3. estimates `KL(q || p) = log Z - ELBO` from `--eval-samples` fresh samples
+   (`tfpflows.vi.elbo`, evaluation setting of our flows: exact log-dets in 2D), with the
+   standard error of that estimate.
+
+Systems (parameter counts printed):
+
+* `tfp_iaf`: `tfb.Invert(tfb.MaskedAutoregressiveFlow(tfb.AutoregressiveNetwork(params=2,
+  hidden_units=[h, h])))` x `--iaf-layers`, with `tfb.Permute` between layers, on a
+  standard normal base, `h` chosen to match `ours_coupling`'s parameter count.
+* `ours_coupling`: `vi.build_surrogate("realnvp", [2], num_steps=4, hidden=32,
+  base_components=K)`.
+* `ours_residual`: `vi.build_surrogate("resflow", [2], num_steps=4, hidden=32,
+  base_components=K)` (training: unbiased Russian-roulette log-det, Neumann gradient).
+* `ours_simple`: `vi.build_surrogate("sylvester", [2], num_steps=8, base_components=K)`
+  (maps on the sampling side).
+* `tfp_iaf_mixbase` (information, mixture target only): the IAF on our learnable mixture
+  base, to show how much of our result comes from the base rather than the flow.
+
+Every surrogate starts at scale `--initial-scale` (ours: `initial_scale`; the IAF: a
+`tfb.Scale` on its output). `K = --base-components` (default 8; 1 is the standard normal).
+
+Output: per system and target, the mean KL over seeds with its standard error (from the
+seeds' spread, and the mean of the per-seed Monte Carlo errors), steps/s, and at the end
+
+    ratio vi_kl_vs_tfp_iaf_<target> VALUE   # TFP IAF's mean KL / our best family's
+
+(targets: >= 1.5 on `mixture`, >= 1.0 on the others). Run on a quiet machine: systems
+alternate seed by seed so that drift hits them alike; `other_cores` is the CPU other jobs
+used during each timed run.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+
+from bench.bench_workers import cpu_probe, foreign_cores  # noqa: E402
+from tfpflows import targets, vi  # noqa: E402
+from tfpflows.layers import GaussianMixtureBase  # noqa: E402
+
+tfb, tfd = tfp.bijectors, tfp.distributions
+
+FAMILIES = {"ours_coupling": ("realnvp", dict(num_steps=4, hidden=32)),
+            "ours_residual": ("resflow", dict(num_steps=4, hidden=32)),
+            "ours_simple": ("sylvester", dict(num_steps=8))}
+
+
+def _count(variables):
+  return int(sum(np.prod(v.shape) for v in variables))
+
+
+def iaf(layers, hidden, scale, seed, base=None):
+  """TFP's inverse autoregressive flow on [2] (latent -> sample in `forward`)."""
+  tf.keras.utils.set_random_seed(seed)   # tf_keras / keras initialisers of the MADEs
+  parts = [tfb.Scale(scale)]
+  for k in range(layers):
+    made = tfb.AutoregressiveNetwork(params=2, hidden_units=[hidden, hidden],
+                                     activation="relu")
+    parts.append(tfb.Invert(tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=made)))
+    if k < layers - 1:
+      parts.append(tfb.Permute([1, 0]))
+  if base is None:
+    base = tfd.Sample(tfd.Normal(0., 1.), [2])
+  q = tfd.TransformedDistribution(base, tfb.Chain(parts))
+  q.sample(1, seed=(0, 0))   # builds the MADEs' weights
+  return q, q, q.trainable_variables
+
+
+def ours(system, args, seed):
+  name, kw = FAMILIES[system]
+  model = vi.build_surrogate(name, [2], seed=seed, initial_scale=args.initial_scale,
+                             base_components=args.base_components, **kw)
+  return (model.distribution(training=True), model.distribution(),
+          model.tf_trainable_variables)
+
+
+def make(system, args, seed):
+  if system == "tfp_iaf":
+    return iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
+  if system == "tfp_iaf_mixbase":
+    keras.utils.set_random_seed(seed)
+    base_layer = GaussianMixtureBase(2, args.base_components, seed=seed)
+    q, _, variables = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed,
+                          base=base_layer.distribution(reparameterize=True))
+    q_eval = tfd.TransformedDistribution(base_layer.distribution(), q.bijector)
+    return q, q_eval, variables
+  return ours(system, args, seed)
+
+
+def run(system, target, args, seed):
+  q_train, q_eval, variables = make(system, args, seed)
+  opt = keras.optimizers.Adam(args.lr)
+  opt.build(variables)
+  seed_t = tf.Variable(tfp.random.sanitize_seed(seed + 1000))
+
+  @tf.function(jit_compile=True, autograph=False)
+  def step():
+    s, nxt = tfp.random.split_seed(seed_t, 2)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(variables)
+      loss = tfp.vi.monte_carlo_variational_loss(
+          target.unnormalized_log_prob, q_train, sample_size=args.sample_size, seed=s)
+    grads = tape.gradient(loss, variables)
+    opt.apply_gradients(zip(grads, variables))
+    seed_t.assign(nxt)
+    return loss
+
+  t0 = time.perf_counter()
+  step()
+  compile_s = time.perf_counter() - t0
+  probe = cpu_probe(os.getpid())
+  steps, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < args.budget:
+    loss = step()
+    steps += 1
+  float(loss)
+  elapsed = time.perf_counter() - t0
+  other = foreign_cores(probe, os.getpid())
+  est = vi.elbo(target.unnormalized_log_prob, q_eval, num_samples=args.eval_samples,
+                seed=seed + 2000)
+  return dict(kl=est.kl(target.log_z), se=est.stderr, steps=steps, steps_s=steps / elapsed,
+              compile_s=compile_s, params=_count(variables), other=other,
+              log_z_is=est.log_z)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--targets", default="banana,funnel,mixture")
+  p.add_argument("--systems", default="tfp_iaf,ours_coupling,ours_residual,ours_simple")
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--budget", type=float, default=20., help="training seconds per run")
+  p.add_argument("--sample-size", type=int, default=64)
+  p.add_argument("--lr", type=float, default=1e-2)
+  p.add_argument("--initial-scale", type=float, default=2.)
+  p.add_argument("--base-components", type=int, default=8)
+  p.add_argument("--iaf-layers", type=int, default=4)
+  p.add_argument("--iaf-hidden", type=int, default=0, help="0: match ours_coupling")
+  p.add_argument("--eval-samples", type=int, default=20000)
+  p.add_argument("--no-mixbase-info", action="store_true",
+                 help="skip tfp_iaf_mixbase on the mixture target")
+  p.add_argument("--quick", action="store_true", help="1 seed, 3 s budgets, one target")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.seeds, args.budget, args.targets, args.eval_samples = 1, 3., "mixture", 4000
+  systems = args.systems.split(",")
+  if args.iaf_hidden == 0:   # the MADE width whose IAF has ours_coupling's parameter count
+    name, kw = FAMILIES["ours_coupling"]
+    target_count = vi.build_surrogate(name, [2], base_components=args.base_components,
+                                      **kw).count_params()
+    counts = {h: _count(iaf(args.iaf_layers, h, 1., 0)[2]) for h in range(8, 129)}
+    args.iaf_hidden = min(counts, key=lambda h: abs(counts[h] - target_count))
+  print(f"# VI, equal wall clock: budget={args.budget}s/run seeds={args.seeds} "
+        f"sample_size={args.sample_size} Adam({args.lr}) initial_scale={args.initial_scale} "
+        f"base_components={args.base_components} iaf={args.iaf_layers}x[{args.iaf_hidden}, "
+        f"{args.iaf_hidden}] eval_samples={args.eval_samples}")
+  print(f"# tf={tf.__version__} tfp={tfp.__version__} keras={keras.__version__} "
+        f"cpus={os.cpu_count()} loadavg={os.getloadavg()[0]:.2f}", flush=True)
+  results = {}
+  for tname in args.targets.split(","):
+    target = targets.TARGETS[tname]()
+    names = systems + (["tfp_iaf_mixbase"] if tname == "mixture" and not args.no_mixbase_info
+                       and "tfp_iaf_mixbase" not in systems else [])
+    for seed in range(args.seeds):
+      for system in names:
+        r = run(system, target, args, seed)
+        results.setdefault((tname, system), []).append(r)
+        print(f"run {tname:8s} {system:16s} seed={seed} KL={r['kl']:.4f} +- {r['se']:.4f} "
+              f"steps={r['steps']} steps/s={r['steps_s']:.1f} params={r['params']} "
+              f"compile_s={r['compile_s']:.1f} other_cores={r['other']:.2f} "
+              f"is_log_z={r['log_z_is']:.3f} (true {target.log_z})", flush=True)
+  print("# summary: KL(q || p) mean over seeds; +- standard error from the seeds' spread; "
+        "[mean per-seed Monte Carlo error]")
+  ratios = []
+  for tname in args.targets.split(","):
+    summary = {}
+    for (t, system), rs in results.items():
+      if t != tname:
+        continue
+      kls = np.array([r["kl"] for r in rs])
+      spread = float(np.std(kls, ddof=1) / math.sqrt(len(kls))) if len(kls) > 1 else float("nan")
+      summary[system] = float(np.mean(kls))
+      print(f"{tname:8s} {system:16s} KL={np.mean(kls):.4f} +- {spread:.4f} "
+            f"[mc {np.mean([r['se'] for r in rs]):.4f}] "
+            f"steps/s={np.median([r['steps_s'] for r in rs]):.1f} params={rs[0]['params']}")
+    mine = {s: v for s, v in summary.items() if s.startswith("ours")}
+    if "tfp_iaf" in summary and mine:
+      best = min(mine, key=mine.get)
+      ratios.append((tname, summary["tfp_iaf"] / max(mine[best], 1e-12), best))
+  for tname, value, best in ratios:
+    goal = 1.5 if tname == "mixture" else 1.0
+    print(f"ratio vi_kl_vs_tfp_iaf_{tname} {value:.3f}    # ours: {best}; target >= {goal}: "
+          f"{'met' if value >= goal else 'NOT met'}")
+
+
+if __name__ == "__main__":
+  main()
