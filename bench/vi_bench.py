@@ -191,22 +191,35 @@ def main(argv=None):
               f"is_log_z={r['log_z_is']:.3f} (true {target.log_z})", flush=True)
   print("# summary: KL(q || p) mean over seeds; +- standard error from the seeds' spread; "
         "[mean per-seed Monte Carlo error]")
-  ratios = []
+  ratios, infos = [], []
   for tname in args.targets.split(","):
-    summary = {}
+    summary, errors = {}, {}
     for (t, system), rs in results.items():
       if t != tname:
         continue
       kls = np.array([r["kl"] for r in rs])
       spread = float(np.std(kls, ddof=1) / math.sqrt(len(kls))) if len(kls) > 1 else float("nan")
       summary[system] = float(np.mean(kls))
+      errors[system] = max(spread if np.isfinite(spread) else 0.,
+                           float(np.mean([r["se"] for r in rs])))
       print(f"{tname:8s} {system:16s} KL={np.mean(kls):.4f} +- {spread:.4f} "
             f"[mc {np.mean([r['se'] for r in rs]):.4f}] "
             f"steps/s={np.median([r['steps_s'] for r in rs]):.1f} params={rs[0]['params']}")
     mine = {s: v for s, v in summary.items() if s.startswith("ours")}
     if "tfp_iaf" in summary and mine:
       best = min(mine, key=mine.get)
+      if mine[best] < 3 * errors[best]:
+        print(f"warning: {tname} {best}'s KL {mine[best]:.4f} is within 3 standard errors "
+              f"of 0: the ratio below is not resolved")
       ratios.append((tname, summary["tfp_iaf"] / max(mine[best], 1e-12), best))
+      for system in sorted(mine):
+        infos.append(f"info {tname} tfp_iaf / {system} {summary['tfp_iaf'] / mine[system]:.3f}")
+      if "tfp_iaf_mixbase" in summary:
+        infos.append(f"info {tname} tfp_iaf_mixbase / {best} "
+                     f"{summary['tfp_iaf_mixbase'] / mine[best]:.3f}   # the same base on both "
+                     f"sides: what the flow itself contributes")
+  for line in infos:
+    print(line)
   for tname, value, best in ratios:
     goal = 1.5 if tname == "mixture" else 1.0
     print(f"ratio vi_kl_vs_tfp_iaf_{tname} {value:.3f}    # ours: {best}; target >= {goal}: "

@@ -98,15 +98,17 @@ def test_every_idiom_trains_every_weight(name):
   model.fit(x, batch_size=32, epochs=1, verbose=0)
   _assert_all_changed(model, before, "fit")
 
-  # The distribution built once, before the loops, and reused by all of them.
-  dist = model.distribution()
+  # The distribution built once, before the loops, and reused by all of them: the
+  # evaluation setting eagerly, the training setting (residual blocks' stochastic
+  # estimator) in the tf.function loop.
+  dist, train_dist = model.distribution(), model.distribution(training=True)
   assert len(dist.trainable_variables) == EXPECTED[name]
   assert {id(v) for v in dist.trainable_variables} == {
       id(v) for v in model.tf_trainable_variables}
   for compiled in (False, True):
     idiom = "tf.function loop" if compiled else "eager loop"
     before = _values(model)
-    grads = _custom_loop(model, dist, x, compiled=compiled)
+    grads = _custom_loop(model, train_dist if compiled else dist, x, compiled=compiled)
     _assert_all_gradients(grads, model.tf_trainable_variables, idiom)
     _assert_all_changed(model, before, idiom)
 
@@ -132,6 +134,42 @@ def test_fit_surrogate_posterior_trains_every_weight(name):
   _assert_all_changed(model, before, "fit_surrogate_posterior")
 
 
+def test_repeated_uses_in_one_trace_are_fresh():
+  """Two steps in one tf.function trace on the same tensor: the second sees the first's
+  update (no cached result), and a stochastic estimator draws afresh at each use."""
+  model = _density_model("realnvp")
+  x = _data()
+  dist = model.distribution()
+  variables = model.tf_trainable_variables
+  opt = keras.optimizers.SGD(0.1)
+  opt.build(variables)
+
+  @tf.function
+  def two_steps():
+    out = []
+    for _ in range(2):
+      with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(dist.log_prob(x))
+      grads = tape.gradient(loss, variables)
+      out.append(grads)
+      opt.apply_gradients(zip(grads, variables))
+    return out
+
+  first, second = two_steps()
+  assert all(g is not None for g in second)
+  assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(first, second))
+  resflow = _density_model("resflow")
+  rng = np.random.default_rng(0)       # away from the zero-initialised last layers (g = 0)
+  for w in resflow.trainable_weights:
+    w.assign(w.numpy() + 0.3 * rng.standard_normal(w.shape).astype("float32"))
+  train = resflow.distribution(training=True)
+  y = tf.constant([[0.3, -0.2]] * 4)
+  first, second = train.log_prob(y).numpy(), train.log_prob(y).numpy()
+  assert not np.allclose(first, second)       # two draws of the Russian-roulette estimate
+  np.testing.assert_allclose(resflow.distribution().log_prob(y).numpy(),
+                             resflow.distribution().log_prob(y).numpy())   # exact in 2D
+
+
 def test_distribution_sees_updates_made_after_it_was_built():
   model = _density_model("glow")
   x = _data()
@@ -144,7 +182,9 @@ def test_distribution_sees_updates_made_after_it_was_built():
   bij = model.bijector()
   z = bij.inverse(x)
   loc.assign(loc - 0.5)
-  assert not np.allclose(bij.inverse(tf.identity(x)).numpy(), z.numpy())
+  assert not np.allclose(bij.inverse(x).numpy(), z.numpy())   # z is held: still recomputed
+  y = tf.identity(x)
+  assert bij.inverse(bij.forward(y)) is y          # the way back is TFP's cache hit
 
 
 def test_live_distribution_composes_with_tfp():

@@ -89,9 +89,9 @@ def build_surrogate(name, event_shape, *, num_steps=None, hidden=None, seed=0,
   Raises:
     ValueError: (one line) an image shape, a bad size, a non-positive or non-finite scale.
   """
-  if len(event_shape) != 1:
+  if not isinstance(event_shape, (list, tuple)) or len(event_shape) != 1:
     raise ValueError(f"build_surrogate: event_shape must be [D] (a vector); got "
-                     f"{list(event_shape)}")
+                     f"{event_shape!r}")
   if "placement" in kwargs:
     raise ValueError("build_surrogate: placement is chosen here (the sampling side); use "
                      "build_flow to place maps yourself")
@@ -216,6 +216,9 @@ def elbo(target_log_prob_fn, surrogate, *, num_samples=20000, batch_size=5000, s
   if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or (
       num_samples < 2):
     raise ValueError(f"elbo: num_samples must be an integer >= 2; got {num_samples!r}")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+      batch_size < 1):
+    raise ValueError(f"elbo: batch_size must be a positive integer; got {batch_size!r}")
   num_batches = -(-num_samples // batch_size)
   seeds = tf.unstack(tf.reshape(tfp.random.split_seed(tfp.random.sanitize_seed(seed),
                                                       n=num_batches), [num_batches, 2]))

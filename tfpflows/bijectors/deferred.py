@@ -13,14 +13,23 @@ _BUILT = "_deferred_bijector"
 
 
 class _PerUseCache(cache_util.BijectorCache):
-  """TFP's bijector cache, with an edge's attributes kept only while its output lives.
+  """TFP's bijector cache, where each `forward` or `inverse` call is a new use.
 
-  TFP keeps the attributes of `x -> y` (the log-det among them) for as long as the input
-  `x` lives, and recomputes only `y` once `y` is gone: with variables, a second
-  `log_prob(x)` of the same tensor after an update reuses the old log-det (in TFP 0.25,
-  `TransformedDistribution(Normal(0, 1), Scale(v)).log_prob(x)` keeps the log-det of the
-  old `v`). Here attributes whose output has died are cleared, so every use of a tensor
-  whose earlier result is gone starts afresh.
+  TFP returns the cached result of `forward(x)` while that result lives, and keeps the
+  attributes of `x -> y` (the log-det among them) for as long as the input `x` lives. With
+  variables both go stale: in TFP 0.25, `TransformedDistribution(Normal(0, 1),
+  Scale(v)).log_prob(x)` keeps the log-det of the old `v` after `v.assign(...)`, and inside
+  one `tf.function` trace (where every tensor stays alive) a second `log_prob(x)` after an
+  update returns the first result, with no gradient. Here:
+
+  * a `forward` (or `inverse`) of a tensor that already went that way starts a new use
+    (a new build, new attributes): results are never reused across calls in one
+    direction;
+  * the way back is still a cache hit (`inverse(forward(x))` is `x` itself), as in TFP;
+  * attributes of an edge whose result is gone, or that was never computed (a log-det
+    asked for on its own), are cleared when next looked up: a log-det is shared only by
+    the calls of one use (`log_prob`'s `inverse` and log-det, `sample_and_log_prob`'s
+    `forward` and log-det).
   """
 
   def _get_or_create_edge(self, input, forward_name, kwargs):  # pylint: disable=redefined-builtin
@@ -28,6 +37,15 @@ class _PerUseCache(cache_util.BijectorCache):
     if not edge.output_ref:         # never computed, or its output is gone: a new use
       edge.attributes.clear()
     return edge
+
+  def _lookup(self, input, forward_name, inverse_name, **kwargs):  # pylint: disable=redefined-builtin
+    edge = super()._get_or_create_edge(input, forward_name, kwargs)
+    if edge.output_ref and edge.dependencies is None:
+      # This tensor already went this way (an input's edge, not the way back from an
+      # output): forget that use, so that this call builds and computes afresh.
+      edge.input_ref.cancel()
+      self.storage.pop(edge.input_ref, None)
+    return super()._lookup(input, forward_name, inverse_name, **kwargs)
 
 
 class Deferred(tfb.Bijector):
@@ -56,10 +74,9 @@ class Deferred(tfb.Bijector):
   `build_fn`), so that `fit_surrogate_posterior(..., trainable_variables=None)` and
   `tape.watched_variables()` find them.
 
-  Caching, as TFP's: results for a tensor are reused while the result is alive, so
-  `bijector.inverse(x)` twice returns one result if the first is still held, even when the
-  weights changed in between; pass a new tensor (`tf.identity(x)`) to recompute. Unlike
-  TFP's cache, a log-det is never reused once its result is gone (see `_PerUseCache`).
+  Caching: every `forward` or `inverse` call is a new use, which builds afresh (also
+  within one `tf.function` trace); the way back (`inverse(forward(x))`) is a cache hit as in
+  TFP, and a log-det is shared only by the calls of one use (see `_PerUseCache`).
 
   The bijector must preserve event shapes (`forward_event_shape(s) = s`).
 
@@ -76,7 +93,10 @@ class Deferred(tfb.Bijector):
   def __init__(self, build_fn, *, event_ndims, variables=(), dtype=tf.float32,
                validate_args=False, name="deferred"):
     parameters = dict(locals())
-    del parameters["variables"]      # variables are not hashable parameters (see `_tracked`)
+    if isinstance(variables, tf.Variable):
+      raise TypeError("Deferred: variables must be a list of tf.Variables, got one "
+                      "tf.Variable (wrap it in a list)")
+    parameters["variables"] = tuple(variables)   # kept, so that `copy()` keeps them
     if not callable(build_fn):
       raise TypeError(f"Deferred: build_fn must be callable, got {type(build_fn).__name__}")
     with tf.name_scope(name) as name:

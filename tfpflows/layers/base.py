@@ -1,6 +1,7 @@
 """The Keras-side base class: a layer that owns weights and builds a bijector from them."""
 
 import keras
+import tensorflow as tf
 
 # Where a map that is explicit in one direction only sits (planar, radial, Sylvester,
 # residual blocks): "density" puts the explicit map on the data-to-latent side (exact,
@@ -8,6 +9,21 @@ import keras
 # (exact, cheap `sample` and `experimental_sample_and_log_prob`, as in variational
 # inference; `log_prob` of other points inverts it iteratively).
 PLACEMENTS = ("density", "sample")
+
+
+def tf_variable(variable):
+  """The `tf.Variable` behind a Keras 3 variable (TensorFlow backend), or `variable` itself.
+
+  TFP reads `tf.Variable`s at each use and tracks them as `tf.Module` attributes; Keras 3
+  variables are neither, so TFP objects that must stay live are given these.
+  """
+  if isinstance(variable, tf.Variable):
+    return variable
+  value = getattr(variable, "_value", None)
+  if not isinstance(value, tf.Variable):
+    raise TypeError(f"expected a Keras variable of the TensorFlow backend, got "
+                    f"{type(variable).__name__}")
+  return value
 
 
 def check_placement(placement, owner):

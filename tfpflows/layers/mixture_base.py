@@ -5,14 +5,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfpflows.layers.base import tf_variable
+
 tfd = tfp.distributions
 
 __all__ = ["GaussianMixtureBase"]
-
-
-def _tf_variable(variable):
-  value = getattr(variable, "_value", None)
-  return value if isinstance(value, tf.Variable) else variable
 
 
 class GaussianMixtureBase(keras.layers.Layer):
@@ -61,10 +58,10 @@ class GaussianMixtureBase(keras.layers.Layer):
   def distribution(self, temperature=1.0, reparameterize=False):
     """The mixture over `[D]` events, reading the current weights at each use."""
     t = tf.cast(temperature, tf.float32)
-    scale = tfp.util.DeferredTensor(_tf_variable(self.log_scale), lambda s: t * tf.exp(s))
-    components = tfd.Independent(tfd.Normal(_tf_variable(self.loc), scale),
+    scale = tfp.util.DeferredTensor(tf_variable(self.log_scale), lambda s: t * tf.exp(s))
+    components = tfd.Independent(tfd.Normal(tf_variable(self.loc), scale),
                                  reinterpreted_batch_ndims=1)
-    return tfd.MixtureSameFamily(tfd.Categorical(logits=_tf_variable(self.logits)),
+    return tfd.MixtureSameFamily(tfd.Categorical(logits=tf_variable(self.logits)),
                                  components, reparameterize=bool(reparameterize),
                                  name="mixture_base")
 

@@ -3,11 +3,10 @@
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfpflows import bijectors
 from tfpflows.bijectors.logdet import LogDetEstimator
-import tensorflow_probability as tfp
-
 from tfpflows.layers.base import BijectorLayer, check_placement
 
 __all__ = ["ResidualLayer", "EXACT_MAX_DIMS"]
@@ -117,16 +116,16 @@ class ResidualLayer(BijectorLayer):
     of the block at this batch's latent `z` (the fixed point of `y`).
     """
     if self.placement == "sample":
-      z = self.bijector().inverse(y)
-      self._diagnose_block(tf.identity(z), report, num_draws)
+      z = self.bijector().inverse(y)       # the fixed point of y
+      self._diagnose_block(tf.identity(z), report, num_draws, image=y)
       return z
-    self._diagnose_block(y, report, num_draws)
-    return self.bijector().inverse(y)
+    return self._diagnose_block(y, report, num_draws)
 
-  def _diagnose_block(self, y, report, num_draws):
-    """The figures of `diagnose` for the block's explicit map applied to `y`."""
+  def _diagnose_block(self, y, report, num_draws, image=None):
+    """The figures of `diagnose` for the block's explicit map `y + g(y)`; returns that map
+    of `y` (`image` when the caller has it already)."""
     block = self.block()
-    z = block.inverse(y)
+    z = block.inverse(y) if image is None else image
     draws, terms = [], None
     for _ in range(num_draws):
       estimate = self.block(logdet=self.train_logdet.replace(neumann_gradient=False))
@@ -144,3 +143,4 @@ class ResidualLayer(BijectorLayer):
     if bound is not None:
       entry["lipschitz"] = tf.cast(bound, tf.float32)
     report[self.name] = entry
+    return z

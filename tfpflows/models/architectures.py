@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfpflows import layers as L
 from tfpflows.layers import simple_flows
+from tfpflows.layers.base import check_placement
 from tfpflows.models import residual_flows
 from tfpflows.models.flow_model import FlowModel
 
@@ -147,9 +148,7 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if base_components > 1 and len(event_shape) != 1:
     raise ValueError(f"base_components={base_components} applies to vector events [D]; got "
                      f"event_shape {list(event_shape)}")
-  if placement not in L.PLACEMENTS:
-    raise ValueError(f"unknown placement {placement!r}; expected one of "
-                     f"{', '.join(L.PLACEMENTS)}")
+  check_placement(placement, "build_flow")
   if placement != "density" and name not in PLACED_NAMES:
     raise ValueError(f"placement={placement!r} applies to {', '.join(PLACED_NAMES)}; {name} "
                      f"is explicit in both directions (expected placement='density')")

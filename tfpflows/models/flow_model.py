@@ -9,6 +9,7 @@ import tensorflow_probability as tfp
 
 from tfpflows import bijectors
 from tfpflows.layers.actnorm import ActNormLayer
+from tfpflows.layers.base import tf_variable
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -35,7 +36,10 @@ class FlowModel(keras.Model):
   * `compile(optimizer=...)` needs no loss: the loss is the mean negative log-likelihood.
     Metrics: `nll` (nats per example) and, for images, `bits_per_dim`.
   * `distribution(temperature)` is a `tfd.TransformedDistribution` that composes with any
-    TFP code; temperature `T` scales the base standard deviation (Glow's sampling).
+    TFP code; temperature `T` scales the base standard deviation (Glow's sampling). It is
+    live, as `bijector()` is: built once, it reads the current weights at each use, so
+    custom loops, `tfp.math.minimize` and `tfp.vi.fit_surrogate_posterior` train every
+    weight through it (`tf_trainable_variables` are the `tf.Variable`s TFP expects).
   * `initialize(y)` is the explicit data-dependent initialisation of every ActNorm.
   * Mixed precision: under `keras.mixed_precision.set_global_policy("mixed_bfloat16")` (or
     `"mixed_float16"`) set before `build_flow`, the conditioner networks compute in low
@@ -114,7 +118,7 @@ class FlowModel(keras.Model):
   def tf_variables(self):
     """Every weight as the `tf.Variable` TFP expects (Keras 3 variables wrap one each)."""
     if "_tf_variables" not in self.__dict__:
-      self.__dict__["_tf_variables"] = tuple(_tf_variable(v) for v in self.weights)
+      self.__dict__["_tf_variables"] = tuple(tf_variable(v) for v in self.weights)
     return self.__dict__["_tf_variables"]
 
   @property
@@ -410,17 +414,6 @@ class FlowModel(keras.Model):
   def from_config(cls, config):
     from tfpflows.models.architectures import build_flow  # pylint: disable=g-import-not-at-top
     return build_flow(**config)
-
-
-def _tf_variable(variable):
-  """The `tf.Variable` behind a Keras 3 variable (TensorFlow backend), or `variable` itself."""
-  if isinstance(variable, tf.Variable):
-    return variable
-  value = getattr(variable, "_value", None)
-  if not isinstance(value, tf.Variable):
-    raise TypeError(f"expected a Keras variable of the TensorFlow backend, got "
-                    f"{type(variable).__name__}")
-  return value
 
 
 def _check_finite_batch(y):
