@@ -61,6 +61,7 @@ def test_sample_placement_puts_the_explicit_map_on_the_sampling_side(name):
 
 
 def _fit_kl(target, name, num_steps, *, base_components=1, steps=400, seed=0):
+  keras.utils.set_random_seed(seed)     # the networks' initial weights (Keras' global seed)
   model = vi.build_surrogate(name, [2], num_steps=num_steps, hidden=16, seed=seed,
                              initial_scale=2., base_components=base_components)
   vi.fit_surrogate(target.unnormalized_log_prob, model, num_steps=steps, sample_size=64,
@@ -75,31 +76,35 @@ def test_elbo_approaches_log_z_on_the_banana():
   target = targets.banana()
   est = _fit_kl(target, "realnvp", 1, steps=300)
   kl = est.kl(target.log_z)
+  print("banana KL:", kl)
   assert -4 * est.stderr < kl < 0.08, (kl, est.stderr)
   assert est.log_z == pytest.approx(target.log_z, abs=0.05)
 
 
 def test_elbo_approaches_log_z_and_improves_with_depth_on_the_funnel():
-  """Neal's funnel: 4 RealNVP steps get much closer to log Z than 1 (measured KL 0.27 vs
-  0.67 and 0.70 for two seeds)."""
+  """Neal's funnel: 4 RealNVP steps get much closer to log Z than 1 (measured KL with seeds
+  0, 1, 2: 1 step 0.98, 0.68, 0.68; 4 steps 0.39, 0.28, 0.31)."""
   target = targets.funnel()
   shallow = _fit_kl(target, "realnvp", 1, steps=300)
   deep = _fit_kl(target, "realnvp", 4, steps=300)
   kl_shallow, kl_deep = shallow.kl(target.log_z), deep.kl(target.log_z)
   assert kl_deep > -4 * deep.stderr                    # an ELBO is a lower bound on log Z
-  assert kl_deep < 0.4, (kl_deep, deep.stderr)
-  assert kl_shallow > 0.5, (kl_shallow, shallow.stderr)
+  print("funnel KL, 1 and 4 steps:", kl_shallow, kl_deep)
+  assert kl_deep < 0.5, (kl_deep, deep.stderr)
+  assert kl_shallow > 0.6, (kl_shallow, shallow.stderr)
   assert kl_deep + 4 * deep.stderr < kl_shallow - 4 * shallow.stderr
   assert deep.log_z == pytest.approx(target.log_z, abs=0.1)   # importance-sampled log Z
 
 
 def test_mixture_base_keeps_the_modes_of_a_multimodal_target():
-  """4 separated modes: a unimodal base loses some (KL up to log 4); a mixture base keeps
-  them (measured 0.34 for 4 RealNVP steps with 8 components)."""
+  """4 separated modes: a unimodal base loses some (KL about log 4 or worse); a mixture base
+  keeps them (4 RealNVP steps, 8 components; seeds 0, 1, 2: 0.33, 0.19, 0.22 against 1.50,
+  4.39, 1.22 with a unimodal base)."""
   target = targets.gaussian_mixture()
   unimodal = _fit_kl(target, "realnvp", 4, steps=300)
   mixture = _fit_kl(target, "realnvp", 4, base_components=8, steps=300)
   kl_uni, kl_mix = unimodal.kl(target.log_z), mixture.kl(target.log_z)
+  print("mixture KL, unimodal and mixture base:", kl_uni, kl_mix)
   assert kl_mix > -4 * mixture.stderr
   assert kl_mix < 0.5, (kl_mix, mixture.stderr)
   assert kl_mix + 0.2 < kl_uni, (kl_mix, kl_uni)
