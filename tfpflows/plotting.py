@@ -30,6 +30,14 @@ def bounds_2d(points, *, margin=0.1, quantile=0.005):
   return tuple((float(c - half), float(c + half)) for c in center)
 
 
+def _grid(bounds, grid_size):
+  """`grid_size`^2 points `[N, 2]` (float32, rows of constant y) covering `bounds`."""
+  (x0, x1), (y0, y1) = bounds
+  gx, gy = np.meshgrid(np.linspace(x0, x1, grid_size, dtype=np.float32),
+                       np.linspace(y0, y1, grid_size, dtype=np.float32))
+  return np.stack([gx.ravel(), gy.ravel()], axis=-1)
+
+
 def plot_density_2d(log_prob_fn, path, *, bounds=None, reference=None, grid_size=200,
                     title="model density"):
   """Heatmap of `p(x) = exp(log_prob_fn(x))` on a `grid_size`^2 grid.
@@ -47,10 +55,7 @@ def plot_density_2d(log_prob_fn, path, *, bounds=None, reference=None, grid_size
   if bounds is None:
     bounds = bounds_2d(reference) if reference is not None else DEFAULT_BOUNDS
   (x0, x1), (y0, y1) = bounds
-  xs = np.linspace(x0, x1, grid_size, dtype=np.float32)
-  ys = np.linspace(y0, y1, grid_size, dtype=np.float32)
-  gx, gy = np.meshgrid(xs, ys)
-  grid = np.stack([gx.ravel(), gy.ravel()], axis=-1)
+  grid = _grid(bounds, grid_size)
   log_p = _numpy(log_prob_fn(grid)).reshape(grid_size, grid_size)
   density = np.exp(np.where(np.isfinite(log_p), log_p, -np.inf))
 
@@ -73,11 +78,9 @@ def plot_density_pair(target_log_prob_fn, model_log_prob_fn, path, *, bounds=Non
   Each panel is normalised to its own maximum, so an unnormalised target (VI) compares
   directly with the fitted density.
   """
-  (x0, x1), (y0, y1) = bounds if bounds is not None else DEFAULT_BOUNDS
-  xs = np.linspace(x0, x1, grid_size, dtype=np.float32)
-  ys = np.linspace(y0, y1, grid_size, dtype=np.float32)
-  gx, gy = np.meshgrid(xs, ys)
-  grid = np.stack([gx.ravel(), gy.ravel()], axis=-1)
+  bounds = bounds if bounds is not None else DEFAULT_BOUNDS
+  (x0, x1), (y0, y1) = bounds
+  grid = _grid(bounds, grid_size)
   fig, axes = plt.subplots(1, 2, figsize=(10, 5))
   for ax, fn, title in zip(axes, (target_log_prob_fn, model_log_prob_fn), titles):
     log_p = _numpy(fn(grid)).reshape(grid_size, grid_size).astype(np.float64)

@@ -57,12 +57,10 @@ class Target:
     return self.unnormalized_log_prob
 
 
-class _Banana(tfd.Distribution):
-  """`x1 ~ N(0, a^2)`, `x2 | x1 ~ N(b (x1^2 - a^2), 1)`."""
+class _Density2D(tfd.Distribution):
+  """A scalar-batch distribution over `[2]` events; subclasses give `_log_prob`, `_sample_n`."""
 
-  def __init__(self, a=1.5, b=0.5, name="banana"):
-    parameters = dict(locals())
-    self._a, self._b = float(a), float(b)
+  def __init__(self, parameters, name):
     super().__init__(dtype=tf.float32, reparameterization_type=tfd.FULLY_REPARAMETERIZED,
                      validate_args=False, allow_nan_stats=True, parameters=parameters,
                      name=name)
@@ -82,6 +80,15 @@ class _Banana(tfd.Distribution):
 
   def _batch_shape_tensor(self):
     return tf.constant([], tf.int32)
+
+
+class _Banana(_Density2D):
+  """`x1 ~ N(0, a^2)`, `x2 | x1 ~ N(b (x1^2 - a^2), 1)`."""
+
+  def __init__(self, a=1.5, b=0.5, name="banana"):
+    parameters = dict(locals())
+    self._a, self._b = float(a), float(b)
+    super().__init__(parameters, name)
 
   def _log_prob(self, x):
     x1, x2 = x[..., 0], x[..., 1]
@@ -94,31 +101,13 @@ class _Banana(tfd.Distribution):
     return tf.stack([x1, z[:, 1] + self._b * (tf.square(x1) - self._a ** 2)], axis=-1)
 
 
-class _Funnel(tfd.Distribution):
+class _Funnel(_Density2D):
   """Neal's funnel `v ~ N(0, sigma^2)`, `x | v ~ N(0, exp(v))`, events `(v, x)`."""
 
   def __init__(self, sigma=3., name="funnel"):
     parameters = dict(locals())
     self._sigma = float(sigma)
-    super().__init__(dtype=tf.float32, reparameterization_type=tfd.FULLY_REPARAMETERIZED,
-                     validate_args=False, allow_nan_stats=True, parameters=parameters,
-                     name=name)
-
-  @classmethod
-  def _parameter_properties(cls, dtype, num_classes=None):
-    return dict()
-
-  def _event_shape(self):
-    return tf.TensorShape([2])
-
-  def _event_shape_tensor(self):
-    return tf.constant([2], tf.int32)
-
-  def _batch_shape(self):
-    return tf.TensorShape([])
-
-  def _batch_shape_tensor(self):
-    return tf.constant([], tf.int32)
+    super().__init__(parameters, name)
 
   def _log_prob(self, x):
     v, u = x[..., 0], x[..., 1]

@@ -112,6 +112,12 @@ def build_surrogate(name, event_shape, *, num_steps=None, hidden=None, seed=0,
   return model
 
 
+def _check_positive_int(owner, label, value, minimum=1):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ValueError(f"{owner}: {label} must be {kind}; got {value!r}")
+
+
 def _data_side_first(layer):
   """The flow's layers in data-to-latent order (the order of `ChainLayer`s' lists)."""
   yield layer
@@ -143,9 +149,8 @@ def fit_surrogate(target_log_prob_fn, model, *, num_steps, learning_rate=1e-2, o
       weights are those before it).
     ValueError: (one line) `num_steps` or `sample_size` not a positive integer.
   """
-  for label, value in (("num_steps", num_steps), ("sample_size", sample_size)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"fit_surrogate: {label} must be a positive integer; got {value!r}")
+  _check_positive_int("fit_surrogate", "num_steps", num_steps)
+  _check_positive_int("fit_surrogate", "sample_size", sample_size)
   if optimizer is None:
     optimizer = keras.optimizers.Adam(learning_rate)
   q = model.distribution(training=True)
@@ -213,12 +218,8 @@ def elbo(target_log_prob_fn, surrogate, *, num_samples=20000, batch_size=5000, s
   Samples `num_samples` draws in batches of `batch_size` with
   `surrogate.experimental_sample_and_log_prob` from stateless seeds derived from `seed`.
   """
-  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or (
-      num_samples < 2):
-    raise ValueError(f"elbo: num_samples must be an integer >= 2; got {num_samples!r}")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
-      batch_size < 1):
-    raise ValueError(f"elbo: batch_size must be a positive integer; got {batch_size!r}")
+  _check_positive_int("elbo", "num_samples", num_samples, minimum=2)
+  _check_positive_int("elbo", "batch_size", batch_size)
   num_batches = -(-num_samples // batch_size)
   seeds = tf.unstack(tf.reshape(tfp.random.split_seed(tfp.random.sanitize_seed(seed),
                                                       n=num_batches), [num_batches, 2]))
