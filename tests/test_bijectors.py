@@ -42,7 +42,7 @@ def _lu_params(c, dtype, seed):
               sign=tf.constant(np.sign(rng.randn(c)), dtype))
 
 
-def _coupling(event_shape, mask, transform, reverse):
+def _coupling(event_shape, mask, transform, reverse, scale="sigmoid", clamp=3.):
   event_ndims = len(event_shape)
   c = event_shape[-1]
   def make(dtype):
@@ -54,7 +54,7 @@ def _coupling(event_shape, mask, transform, reverse):
     net = (conv_net(c_in, c_out, dtype, 3) if event_ndims == 3
            else dense_net(c_in, c_out, dtype, 3))
     return B.Coupling(net, mask=mask, transform=transform, reverse=reverse,
-                      event_ndims=event_ndims)
+                      event_ndims=event_ndims, scale=scale, clamp=clamp)
   return make
 
 
@@ -94,6 +94,9 @@ for _shape in ((5,), (4, 4, 3)):
         _key = (f"coupling_{_transform}_{_mask}{'_rev' if _reverse else ''}_"
                 f"{'img' if len(_shape) == 3 else 'vec'}")
         CASES[_key] = (_shape, _coupling(_shape, _mask, _transform, _reverse))
+    # the soft-clamped exp scale; clamp 0.5 so that the tanh saturates on these inputs
+    _key = f"coupling_exp_{_mask}_{'img' if len(_shape) == 3 else 'vec'}"
+    CASES[_key] = (_shape, _coupling(_shape, _mask, "affine", _mask == "channel", "exp", 0.5))
 
 NAMES = sorted(CASES)
 
@@ -195,6 +198,28 @@ def test_constructor_errors_are_one_line_and_name_the_value():
     B.Squeeze().forward(tf.zeros([1, 3, 4, 1]))
   with pytest.raises(ValueError, match="factor must be an integer >= 2"):
     B.Squeeze(1)
+  with pytest.raises(ValueError, match="scale must be one of .* got 'softplus'"):
+    B.Coupling(lambda x: x, scale="softplus")
+  with pytest.raises(ValueError, match="scale='exp' applies to transform='affine'"):
+    B.Coupling(lambda x: x, transform="additive", scale="exp")
+  with pytest.raises(ValueError, match="clamp must be a finite number > 0, got -1"):
+    B.Coupling(lambda x: x, scale="exp", clamp=-1)
+
+
+@pytest.mark.parametrize("raw,expected", [(0., 0.), (50., 0.5), (-50., -0.5), (0.2, None)])
+def test_exp_scale_is_the_soft_clamped_log_scale(raw, expected):
+  """`log s = c tanh(h / c)`: the identity at h = 0, at most `e^c` either way (c = 0.5)."""
+  shift = 0.3
+  net = lambda x: tf.concat([tf.fill(tf.shape(x), tf.constant(shift, x.dtype)),
+                             tf.fill(tf.shape(x), tf.constant(raw, x.dtype))], -1)
+  bij = B.Coupling(net, scale="exp", clamp=0.5, event_ndims=1)
+  y = tf.constant([[1., 2., 3., 4.]], tf.float64)
+  log_s = 0.5 * np.tanh(raw / 0.5) if expected is None else expected
+  z = bij.inverse(y).numpy()
+  np.testing.assert_allclose(z[:, :2], y.numpy()[:, :2])
+  np.testing.assert_allclose(z[:, 2:], (y.numpy()[:, 2:] + shift) * np.exp(log_s), rtol=1e-12)
+  np.testing.assert_allclose(bij.inverse_log_det_jacobian(y, event_ndims=1).numpy(),
+                             [2 * log_s], rtol=1e-12, atol=1e-15)
 
 
 def test_lu_weight_matches_plain_conv_and_sum_of_log_scale():

@@ -72,7 +72,7 @@ def _fit_kl(target, name, num_steps, *, base_components=1, steps=400, seed=0):
 def test_elbo_approaches_log_z_on_the_banana():
   """The banana is a shear `x2 + b (x1^2 - a^2)` of a Gaussian: one affine coupling (its
   shift an MLP of `x1`) can approximate it closely, and the fitted ELBO is within a few
-  hundredths of log Z (measured KL 0.027)."""
+  hundredths of log Z (measured KL with seeds 0, 1, 2: 0.024, 0.028, 0.043)."""
   target = targets.banana()
   est = _fit_kl(target, "realnvp", 1, steps=300)
   kl = est.kl(target.log_z)
@@ -82,18 +82,22 @@ def test_elbo_approaches_log_z_on_the_banana():
 
 
 def test_elbo_approaches_log_z_and_improves_with_depth_on_the_funnel():
-  """Neal's funnel: 4 RealNVP steps get much closer to log Z than 1 (measured KL with seeds
-  0, 1, 2: 1 step 0.98, 0.68, 0.68; 4 steps 0.39, 0.28, 0.31)."""
+  """Neal's funnel. 4 RealNVP steps (exp-scale couplings, which can contract the neck)
+  come within about a tenth of a nat of log Z (KL with seeds 0, 1, 2: 0.079, 0.061,
+  0.155); planar flows improve with depth (2 maps: 1.00, 0.91, 0.91; 16 maps: 0.76, 0.58,
+  0.64)."""
   target = targets.funnel()
-  shallow = _fit_kl(target, "realnvp", 1, steps=300)
   deep = _fit_kl(target, "realnvp", 4, steps=300)
-  kl_shallow, kl_deep = shallow.kl(target.log_z), deep.kl(target.log_z)
-  assert kl_deep > -4 * deep.stderr                    # an ELBO is a lower bound on log Z
-  print("funnel KL, 1 and 4 steps:", kl_shallow, kl_deep)
-  assert kl_deep < 0.5, (kl_deep, deep.stderr)
-  assert kl_shallow > 0.6, (kl_shallow, shallow.stderr)
-  assert kl_deep + 4 * deep.stderr < kl_shallow - 4 * shallow.stderr
+  kl_deep = deep.kl(target.log_z)
+  print("funnel KL, 4 RealNVP steps:", kl_deep, deep.stderr)
+  assert -4 * deep.stderr < kl_deep < 0.25, (kl_deep, deep.stderr)    # a lower bound on log Z
   assert deep.log_z == pytest.approx(target.log_z, abs=0.1)   # importance-sampled log Z
+  shallow, deeper = _fit_kl(target, "planar", 2, steps=300), _fit_kl(target, "planar", 16,
+                                                                     steps=300)
+  kl_shallow, kl_deeper = shallow.kl(target.log_z), deeper.kl(target.log_z)
+  print("funnel KL, 2 and 16 planar maps:", kl_shallow, kl_deeper)
+  assert kl_deeper > -4 * deeper.stderr
+  assert kl_deeper + 2 * deeper.stderr < kl_shallow - 2 * shallow.stderr
 
 
 def test_mixture_base_keeps_the_modes_of_a_multimodal_target():
@@ -157,12 +161,30 @@ def test_mixture_base_trains_saves_and_serves(tmp_path):
   assert samples.shape == (5, 2) and np.all(np.isfinite(samples.numpy()))
 
 
-def test_build_surrogate_starts_at_the_given_gaussian():
-  """NICE surrogates start exactly at N(initial_loc, initial_scale^2 I)."""
-  model = vi.build_surrogate("nice", [2], initial_loc=[1., -2.], initial_scale=[0.5, 3.])
+@pytest.mark.parametrize("name", ["nice", "realnvp", "glow"])
+def test_build_surrogate_starts_at_the_given_gaussian(name):
+  """Coupling surrogates start exactly at N(initial_loc, initial_scale^2 I) (Glow's 1x1
+  convolutions are rotations of the standard normal base; its couplings, with the exp
+  scale, identities)."""
+  model = vi.build_surrogate(name, [2], initial_loc=[1., -2.], initial_scale=[0.5, 3.],
+                             hidden=8)
   assert model.initialized
+  assert model.get_config().get("affine_scale") == (None if name == "nice" else "exp")
+  actnorms = [l for l in model._flatten_layers() if l.__class__.__name__ == "ActNormLayer"]
+  assert len(actnorms) == 1        # one ActNorm, on the data side
   x = np.random.default_rng(0).standard_normal((16, 2)).astype("float32")
   exact = tfd.MultivariateNormalDiag([1., -2.], [0.5, 3.]).log_prob(x).numpy()
   np.testing.assert_allclose(model.log_prob(x).numpy(), exact, rtol=1e-4, atol=1e-4)
   planar = vi.build_surrogate("planar", [2])
   assert all(l.placement == "sample" for l in planar.flow.flow_layers[1:])
+
+
+def test_exp_scale_surrogate_saves_and_loads_with_its_scale(tmp_path):
+  model = vi.build_surrogate("realnvp", [2], num_steps=2, hidden=8, initial_scale=2.)
+  vi.fit_surrogate(targets.funnel().unnormalized_log_prob, model, num_steps=20, seed=1)
+  path = str(tmp_path / "q.keras")
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  assert loaded.get_config()["affine_scale"] == "exp"
+  x = np.random.default_rng(0).standard_normal((8, 2)).astype("float32")
+  np.testing.assert_allclose(loaded.log_prob(x).numpy(), model.log_prob(x).numpy(), rtol=1e-5)

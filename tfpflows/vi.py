@@ -67,14 +67,20 @@ def build_surrogate(name, event_shape, *, num_steps=None, hidden=None, seed=0,
   * Placement: `"sample"` for planar, radial, Sylvester, i-ResNet and Residual Flow (the
     paper's map on the latent-to-data side, so `sample` and
     `experimental_sample_and_log_prob` are exact and cheap); coupling flows as they are.
+  * Affine couplings (Glow, RealNVP): `affine_scale="exp"` unless given, the soft-clamped
+    scale `exp(10 tanh(h / 10))` that contracts as freely as it expands (Glow's default
+    `sigmoid(h + 2)` can only expand on the sampling side, and a funnel's neck needs
+    contraction), and that starts as the identity; and one ActNorm, on the data side
+    (`step_actnorm=False`): with free coupling scales the per-step ActNorms only duplicate
+    scale parameters, and Adam moves duplicates all at once (measured on Neal's funnel,
+    RealNVP with 4 steps, 5 seeds of 20 s: mean KL 0.054 with them, 0.025 without).
   * Initialisation without data: every ActNorm is the identity except the one nearest the
     data, which starts at `x = initial_loc + initial_scale * (.)`, and all are marked
     initialised. So `q` starts near
-    :math:`N(\text{initial\_loc}, \text{initial\_scale}^2 I)`: exactly for NICE (additive
-    couplings start as identities), and for Glow and RealNVP up to their affine couplings'
-    initial scale `sigmoid(2) = 0.88` on half the coordinates each (1x1 convolutions
-    start as rotations, which leave the standard normal as it is); planar, radial and
-    Sylvester maps start near the identity, residual blocks as small contractions.
+    :math:`N(\text{initial\_loc}, \text{initial\_scale}^2 I)`: exactly for NICE, RealNVP
+    and Glow (couplings start as identities, 1x1 convolutions as rotations, which leave the
+    standard normal as it is); planar, radial and Sylvester maps start near the identity,
+    residual blocks as small contractions.
 
   `model.distribution(training=True)` is the surrogate to train (for residual flows, the
   unbiased log-det estimator); `model.distribution()` the one to evaluate.
@@ -101,6 +107,9 @@ def build_surrogate(name, event_shape, *, num_steps=None, hidden=None, seed=0,
   if np.any(scale <= 0):
     raise ValueError(f"build_surrogate: initial_scale must be > 0; got {initial_scale!r}")
   placement = "sample" if name in PLACED_NAMES else "density"
+  if name in ("glow", "realnvp"):
+    kwargs.setdefault("affine_scale", "exp")
+    kwargs.setdefault("step_actnorm", False)
   model = build_flow(name, [d], num_steps=num_steps, hidden=hidden, seed=seed,
                      placement=placement, **kwargs)
   actnorms = [l for l in _data_side_first(model.flow) if isinstance(l, ActNormLayer)]

@@ -7,10 +7,11 @@ from tfpflows.bijectors import _shapes
 
 tfb = tfp.bijectors
 
-__all__ = ["Coupling", "MASKS", "TRANSFORMS"]
+__all__ = ["Coupling", "MASKS", "SCALES", "TRANSFORMS"]
 
 MASKS = ("channel", "checkerboard")
 TRANSFORMS = ("affine", "additive")
+SCALES = ("sigmoid", "exp")
 
 
 class Coupling(tfb.Bijector):
@@ -26,9 +27,20 @@ class Coupling(tfb.Bijector):
       \text{forward:}\quad y_b = z_b / \sigma(h + 2) - t,\qquad
       \log|\det J_{f^{-1}}| = \sum_b \log \sigma(h_b + 2)
 
-  for `transform="affine"` (Glow's stable scale, sigma the logistic sigmoid, so the
-  data-to-latent direction never expands volume), and `z_b = y_b + t`, log-det 0, for
-  `transform="additive"` (NICE).
+  for `transform="affine"` with `scale="sigmoid"` (Glow's stable scale, sigma the logistic
+  sigmoid, so the data-to-latent direction never expands volume), and `z_b = y_b + t`,
+  log-det 0, for `transform="additive"` (NICE).
+
+  `scale="exp"` replaces the log-scale `log sigma(h + 2)` by the soft-clamped
+
+  .. math::
+      \log s = c \tanh(h / c),\qquad z_b = (y_b + t) \odot s,\qquad c = `clamp`,
+
+  which contracts and expands alike (by up to `e^c` per coupling) and is the identity at
+  `h = 0`: the affine map of RealNVP (Dinh et al. 2017) with the clamp of Ardizzone et al.
+  (2019) in place of its `tanh` times a learned scale. Use it where the sampling side
+  must contract, as in variational inference (`tfpflows.vi.build_surrogate` picks it);
+  Glow's sigmoid is the default, for density estimation.
 
   Masks:
     * `"channel"`: `y_a` is the first `C // 2` entries of the last axis (the last
@@ -51,6 +63,8 @@ class Coupling(tfb.Bijector):
     conditioner: callable (a function, `tf.Module` or Keras layer) as above.
     mask: `"channel"` or `"checkerboard"`.
     transform: `"affine"` or `"additive"`.
+    scale: the affine scale, `"sigmoid"` (default) or `"exp"`, as above; affine only.
+    clamp: `c > 0` of `scale="exp"` (default 10: at most `e^10` either way per coupling).
     reverse: swap the roles of the two halves.
     event_ndims: 1 for vectors `[D]`, 3 for images `[H, W, C]`.
 
@@ -60,7 +74,8 @@ class Coupling(tfb.Bijector):
   """
 
   def __init__(self, conditioner, *, mask="channel", transform="affine", reverse=False,
-               event_ndims=3, validate_args=False, name="coupling"):
+               event_ndims=3, scale="sigmoid", clamp=10., validate_args=False,
+               name="coupling"):
     parameters = dict(locals())
     if mask not in MASKS:
       raise ValueError(f"Coupling: mask must be one of {MASKS}, got {mask!r}")
@@ -68,11 +83,24 @@ class Coupling(tfb.Bijector):
       raise ValueError(f"Coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
     if not callable(conditioner):
       raise TypeError(f"Coupling: conditioner must be callable, got {type(conditioner).__name__}")
+    if scale not in SCALES:
+      raise ValueError(f"Coupling: scale must be one of {SCALES}, got {scale!r}")
+    if scale != "sigmoid" and transform != "affine":
+      raise ValueError(f"Coupling: scale={scale!r} applies to transform='affine'; got "
+                       f"transform={transform!r}")
+    try:
+      clamp = float(clamp)
+    except (TypeError, ValueError):
+      clamp = float("nan")
+    if not clamp > 0 or clamp == float("inf"):
+      raise ValueError(f"Coupling: clamp must be a finite number > 0, got "
+                       f"{parameters['clamp']!r}")
     with tf.name_scope(name) as name:
       self._conditioner = conditioner
       self._mask = mask
       self._transform = transform
       self._reverse = bool(reverse)
+      self._scale, self._clamp = scale, clamp
       self._event_ndims = _shapes.validate_event_ndims(event_ndims, "Coupling")
       super().__init__(
           forward_min_event_ndims=event_ndims,
@@ -131,6 +159,8 @@ class Coupling(tfb.Bijector):
     if self._transform == "additive":
       return out, None
     shift, raw = tf.split(out, 2, axis=-1)
+    if self._scale == "exp":
+      return shift, self._clamp * tf.tanh(raw / self._clamp)
     return shift, tf.math.log_sigmoid(raw + 2.)
 
   def _elementwise(self, v, cond, direction):

@@ -3,6 +3,7 @@
 from tfpflows.layers import networks
 from tfpflows.layers.actnorm import ActNormLayer
 from tfpflows.layers.base import PLACEMENTS, BijectorLayer
+from tfpflows.layers.cif import CIFLayer
 from tfpflows.layers.conv1x1 import Conv1x1Layer, PermuteLayer
 from tfpflows.layers.coupling import CouplingLayer
 from tfpflows.layers.mixture_base import GaussianMixtureBase
@@ -11,6 +12,6 @@ from tfpflows.layers.residual import ResidualLayer
 from tfpflows.layers.simple_flows import (PlanarLayer, RadialLayer, ReshapeLayer, SylvesterLayer,
                                           simple_flow_layers)
 
-__all__ = ["PLACEMENTS", "ActNormLayer", "BijectorLayer", "ChainLayer", "Conv1x1Layer", "CouplingLayer",
+__all__ = ["PLACEMENTS", "ActNormLayer", "BijectorLayer", "CIFLayer", "ChainLayer", "Conv1x1Layer", "CouplingLayer",
            "FactorOutLayer", "GaussianMixtureBase", "PermuteLayer", "PlanarLayer", "RadialLayer", "ReshapeLayer",
            "ResidualLayer", "SqueezeLayer", "SylvesterLayer", "networks", "simple_flow_layers"]

@@ -1,6 +1,7 @@
 """Keras layer owning a coupling's conditioner network."""
 
 from tfpflows import bijectors
+from tfpflows.bijectors.coupling import SCALES
 from tfpflows.layers import networks
 from tfpflows.layers.base import BijectorLayer
 
@@ -10,7 +11,7 @@ class CouplingLayer(BijectorLayer):
 
   Args:
     channels: `C`, size of the event's last axis.
-    mask, transform, reverse, event_ndims: as in `bijectors.Coupling`.
+    mask, transform, reverse, event_ndims, scale: as in `bijectors.Coupling`.
     hidden: width of the default conditioner (ignored when `conditioner` is given).
     conditioner: optional Keras layer (or any callable whose weights Keras tracks) mapping
       the conditioning input to `k * C_b` (channel mask) or `k * C` (checkerboard)
@@ -19,8 +20,14 @@ class CouplingLayer(BijectorLayer):
   """
 
   def __init__(self, channels, *, mask="channel", transform="affine", reverse=False,
-               event_ndims=3, hidden=512, conditioner=None, **kwargs):
+               event_ndims=3, hidden=512, conditioner=None, scale="sigmoid", **kwargs):
     super().__init__(**kwargs)
+    if scale not in SCALES:
+      raise ValueError(f"CouplingLayer: scale must be one of {SCALES}, got {scale!r}")
+    if scale != "sigmoid" and transform != "affine":
+      raise ValueError(f"CouplingLayer: scale={scale!r} applies to transform='affine'; got "
+                       f"transform={transform!r}")
+    self.scale = scale
     self.channels, self.mask, self.transform = int(channels), mask, transform
     self.reverse, self.event_ndims = bool(reverse), event_ndims
     if mask == "channel":
@@ -37,4 +44,5 @@ class CouplingLayer(BijectorLayer):
   def bijector(self, training=False):
     del training
     return bijectors.Coupling(self.conditioner, mask=self.mask, transform=self.transform,
-                              reverse=self.reverse, event_ndims=self.event_ndims, name=self.name)
+                              reverse=self.reverse, event_ndims=self.event_ndims, scale=self.scale,
+                              name=self.name)

@@ -5,13 +5,16 @@ import numbers
 import tensorflow as tf
 
 from tfpflows import layers as L
+from tfpflows.bijectors.coupling import SCALES
 from tfpflows.layers import simple_flows
 from tfpflows.layers.base import check_placement
-from tfpflows.models import residual_flows
+from tfpflows.models import cif_flows, residual_flows
 from tfpflows.models.flow_model import FlowModel
 
 COUPLING_NAMES = ("glow", "nice", "realnvp")
 NAMES = COUPLING_NAMES + residual_flows.NAMES + simple_flows.SIMPLE_NAMES
+# Continuously indexed flows (`CIFModel`s, not `FlowModel`s): `build_flow` builds them too.
+CIF_NAMES = cif_flows.NAMES
 PERMUTATIONS = ("lu", "plain", "reverse", "random")
 # Families whose maps are explicit in one direction only: they take `placement`.
 PLACED_NAMES = residual_flows.NAMES + simple_flows.SIMPLE_NAMES
@@ -36,34 +39,40 @@ def _mixing(permutation, channels, *, event_ndims, seed):
   return L.PermuteLayer(channels, kind=permutation, seed=seed)
 
 
-def _step(name, k, channels, *, event_ndims, hidden, seed, permutation="lu"):
-  """One flow step, data side first: the layers of step `k` of model `name`."""
+def _step(name, k, channels, *, event_ndims, hidden, seed, permutation="lu",
+          affine_scale="sigmoid", actnorm=True):
+  """One flow step, data side first: the layers of step `k` of model `name` (Glow and
+  RealNVP without their ActNorm for `actnorm=False`)."""
+  norm = [L.ActNormLayer(channels, event_ndims=event_ndims)] if actnorm else []
   if name == "glow":
-    return [L.ActNormLayer(channels, event_ndims=event_ndims),
-            _mixing(permutation, channels, event_ndims=event_ndims, seed=seed),
-            L.CouplingLayer(channels, mask="channel", transform="affine",
-                            event_ndims=event_ndims, hidden=hidden)]
+    return norm + [_mixing(permutation, channels, event_ndims=event_ndims, seed=seed),
+                   L.CouplingLayer(channels, mask="channel", transform="affine",
+                                   event_ndims=event_ndims, hidden=hidden, scale=affine_scale)]
   # RealNVP and NICE: alternating masks instead of a learned permutation. On images, two
   # checkerboard couplings then two channel couplings (RealNVP, section 3.6); on vectors,
   # the two halves alternate.
   mask = "checkerboard" if (event_ndims == 3 and (k // 2) % 2 == 0) else "channel"
   coupling = L.CouplingLayer(channels, mask=mask, reverse=bool(k % 2),
                              transform="affine" if name == "realnvp" else "additive",
-                             event_ndims=event_ndims, hidden=hidden)
+                             event_ndims=event_ndims, hidden=hidden,
+                             scale=affine_scale if name == "realnvp" else "sigmoid")
   if name == "realnvp":   # ActNorm in place of RealNVP's batch normalisation
-    return [L.ActNormLayer(channels, event_ndims=event_ndims), coupling]
+    return norm + [coupling]
   return [coupling]
 
 
-def _steps(name, num_steps, channels, *, event_ndims, hidden, seed, permutation):
+def _steps(name, num_steps, channels, *, event_ndims, hidden, seed, permutation,
+           affine_scale="sigmoid", step_actnorm=True):
   out = []
   for k in range(num_steps):
     out += _step(name, k, channels, event_ndims=event_ndims, hidden=hidden, seed=seed + k,
-                 permutation=permutation)
+                 permutation=permutation, affine_scale=affine_scale,
+                 actnorm=step_actnorm or k == 0)
   return out
 
 
-def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, permutation):
+def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, permutation,
+                 affine_scale="sigmoid"):
   """Level `level`: squeeze, K steps, factor out half (all but the last level), unsqueeze.
 
   Closing each level with an unsqueeze keeps it shape-preserving, as `FactorOut` needs of
@@ -72,17 +81,20 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
   channels *= 4
   layers = [L.SqueezeLayer()]
   layers += _steps(name, num_steps, channels, event_ndims=3, hidden=hidden,
-                   seed=seed + 1000 * level, permutation=permutation)
+                   seed=seed + 1000 * level, permutation=permutation,
+                   affine_scale=affine_scale)
   if level < num_levels - 1:
     inner = _image_level(name, level + 1, num_levels, channels // 2, num_steps=num_steps,
-                         hidden=hidden, seed=seed, permutation=permutation)
+                         hidden=hidden, seed=seed, permutation=permutation,
+                         affine_scale=affine_scale)
     layers.append(L.FactorOutLayer(inner, channels, event_ndims=3))
   layers.append(L.SqueezeLayer(unsqueeze=True))
   return L.ChainLayer(layers)
 
 
 def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0,
-               permutation="lu", placement="density", base_components=1):
+               permutation="lu", placement="density", base_components=1,
+               affine_scale="sigmoid", step_actnorm=True, u_dim=1):
   """Builds a `FlowModel`: Glow, RealNVP, NICE, i-ResNet, Residual Flow, planar, radial, Sylvester.
 
   Vectors (`event_shape = [D]`): `num_steps` steps on the whole vector, MLP conditioners.
@@ -103,12 +115,20 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   `"iresnet"` (Behrmann et al. 2019: ELU, c = 0.9, 5-term power series). Evaluation uses
   the exact log-det for events of at most 16 entries, else a low-variance estimator.
 
+  CIF (`"cif-resflow"`, `"cif-realnvp"`, `"cif-glow"`; vectors only for now): a
+  `CIFModel` (Cornish et al. 2020) of `num_steps` CIF layers, each an ActNorm and one
+  step of the base family (a residual block; an affine coupling; a 1x1 convolution and
+  a coupling) indexed by its own `u` of dimension `u_dim` through `z = (h + t(u)) e^{s(u)}`,
+  with `p(u | z)`, `q(u | h)` and `(s, t)` MLPs of two hidden layers of 10 (the reference
+  code's 2D setting). Defaults: cif-resflow 10 layers, Lipschitz MLPs of 4 x 128, c = 0.9
+  (the reference's 2D ResFlow); cif-realnvp and cif-glow 4 layers, hidden 32.
+
   Planar, radial, Sylvester (`tfpflows.layers.simple_flows`): an ActNorm then `num_steps`
   maps on the (flattened) event, each with its exact log-det; inverses by closed form or
   bounded 1-D solves. Sylvester uses `M = min(D, hidden)` orthogonal columns.
 
   Args:
-    name: one of `NAMES`.
+    name: one of `NAMES` or `CIF_NAMES`.
     event_shape: `[D]` (D >= 2) or `[H, W, C]` (H, W divisible by `2 ** num_levels`).
     num_levels: image levels `L` (default 3); must be None or 1 for vectors.
     num_steps: steps `K` per level (default 4 for images, 8 for vectors).
@@ -129,12 +149,22 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
       learnable mixture of `K` diagonal Gaussians (`layers.GaussianMixtureBase`, vectors
       only): several modes for the flow to move, which keeps a variational fit from
       settling on one mode of a multimodal target.
+    step_actnorm: Glow's and RealNVP's ActNorm in every step (default), or, with False, in
+      the data-side step only (vectors): with `affine_scale="exp"` the couplings scale
+      freely, and the other ActNorms only duplicate scale parameters, which an Adam
+      variational fit moves all at once (`tfpflows.vi.build_surrogate` picks False).
+    u_dim: dimension of each CIF layer's index `u` (CIF models only; default 1).
+    affine_scale: the scale of Glow's and RealNVP's affine couplings (`bijectors.Coupling`'s
+      `scale`): `"sigmoid"` (default, Glow's `sigmoid(h + 2)`, never expanding on the way
+      to the latent: stable for density estimation) or `"exp"` (`exp(10 tanh(h / 10))`,
+      contracting and expanding alike, the identity at initialisation: for variational
+      inference, where `tfpflows.vi.build_surrogate` picks it).
 
   Raises:
     ValueError: a one-line message for an unknown name or an impossible shape.
   """
-  if name not in NAMES:
-    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(NAMES)}")
+  if name not in NAMES + CIF_NAMES:
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(NAMES + CIF_NAMES)}")
   if permutation not in PERMUTATIONS:
     raise ValueError(f"unknown permutation {permutation!r}; expected one of "
                      f"{', '.join(PERMUTATIONS)}")
@@ -148,6 +178,25 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if base_components > 1 and len(event_shape) != 1:
     raise ValueError(f"base_components={base_components} applies to vector events [D]; got "
                      f"event_shape {list(event_shape)}")
+  if name in cif_flows.NAMES:
+    return _build_cif(name, event_shape, num_levels=num_levels, num_steps=num_steps,
+                      hidden=hidden, seed=seed, permutation=permutation, placement=placement,
+                      base_components=base_components, affine_scale=affine_scale,
+                      step_actnorm=step_actnorm, u_dim=u_dim)
+  if not isinstance(step_actnorm, bool):
+    raise ValueError(f"build_flow: step_actnorm must be True or False; got {step_actnorm!r}")
+  if not step_actnorm and (name not in ("glow", "realnvp") or len(event_shape) != 1):
+    raise ValueError(f"step_actnorm=False applies to glow and realnvp on vectors [D]; got "
+                     f"{name} on event_shape {list(event_shape)}")
+  if u_dim != 1:
+    raise ValueError(f"u_dim applies to the CIF models ({', '.join(cif_flows.NAMES)}); "
+                     f"{name} has no index")
+  if affine_scale not in SCALES:
+    raise ValueError(f"build_flow: affine_scale must be one of {', '.join(SCALES)}; got "
+                     f"{affine_scale!r}")
+  if affine_scale != "sigmoid" and name not in ("glow", "realnvp"):
+    raise ValueError(f"affine_scale={affine_scale!r} applies to glow and realnvp (affine "
+                     f"couplings); {name} has none")
   check_placement(placement, "build_flow")
   if placement != "density" and name not in PLACED_NAMES:
     raise ValueError(f"placement={placement!r} applies to {', '.join(PLACED_NAMES)}; {name} "
@@ -172,6 +221,10 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
               seed=seed, permutation=permutation)
   if placement != "density":
     spec["placement"] = placement
+  if affine_scale != "sigmoid":
+    spec["affine_scale"] = affine_scale
+  if not step_actnorm:
+    spec["step_actnorm"] = False
   base = None
   if base_components > 1:
     spec["base_components"] = int(base_components)
@@ -198,7 +251,7 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
                                           placement=placement)
     else:
       flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden,
-                          seed=seed, permutation=permutation)
+                          seed=seed, permutation=permutation, affine_scale=affine_scale)
     if name == "nice":
       flow = L.ChainLayer([flow, L.ActNormLayer(c, event_ndims=3)])
   else:
@@ -213,11 +266,46 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
                                           placement=placement)
     else:
       layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed,
-                      permutation=permutation)
+                      permutation=permutation, affine_scale=affine_scale,
+                      step_actnorm=step_actnorm)
       if name == "nice":
         layers.append(L.ActNormLayer(d, event_ndims=1))
       flow = L.ChainLayer(layers)
   model = FlowModel(flow, event_shape, image=image, spec=spec, base=base, name=f"{name}_flow")
   model.build()  # every weight exists now, inside the caller's distribution scope
   model(tf.zeros((1,) + event_shape))  # creates every weight now, inside the caller's scope
+  return model
+
+
+def _build_cif(name, event_shape, *, num_levels, num_steps, hidden, seed, permutation,
+               placement, base_components, affine_scale, step_actnorm, u_dim):
+  """`build_flow` for the CIF models: checks, defaults, the spec, then `cif_flows`."""
+  for arg, value, default in (("num_levels", num_levels, None), ("permutation", permutation,
+                              "lu"), ("placement", placement, "density"),
+                              ("base_components", base_components, 1),
+                              ("affine_scale", affine_scale, "sigmoid"),
+                              ("step_actnorm", step_actnorm, True)):
+    if value != default:
+      raise ValueError(f"build_flow: {arg}={value!r} does not apply to {name}; expected "
+                       f"the default {default!r}")
+  for arg, value in (("num_steps", num_steps), ("hidden", hidden), ("u_dim", u_dim)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 1):
+      raise ValueError(f"build_flow: {arg} must be a positive integer; got {value!r}")
+  if (not isinstance(event_shape, (list, tuple)) or len(event_shape) != 1
+      or isinstance(event_shape[0], bool) or int(event_shape[0]) != event_shape[0]
+      or event_shape[0] < 2):
+    raise ValueError(f"build_flow: {name} takes vector events [D], D >= 2 (images are not "
+                     f"supported yet); got event_shape {event_shape!r}")
+  default_steps, default_hidden = cif_flows.DEFAULTS[name]
+  num_steps = default_steps if num_steps is None else int(num_steps)
+  hidden = default_hidden if hidden is None else int(hidden)
+  event_shape = (int(event_shape[0]),)
+  spec = dict(name=name, event_shape=list(event_shape), num_steps=num_steps, hidden=hidden,
+              seed=seed)
+  if u_dim != 1:
+    spec["u_dim"] = int(u_dim)
+  model = cif_flows.cif_flow(name, event_shape, num_steps=num_steps, hidden=hidden, seed=seed,
+                             u_dim=int(u_dim), cif_hidden=cif_flows.CIF_HIDDEN, spec=spec)
+  model.build()
   return model

@@ -1,0 +1,147 @@
+"""Keras layer of one continuously indexed flow (CIF) layer: base map, s/t, p(u|z), q(u|h)."""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfpflows import bijectors
+
+tfb, tfd = tfp.bijectors, tfp.distributions
+
+__all__ = ["CIFLayer", "gaussian_net"]
+
+
+def gaussian_net(hidden, out_dim, *, event_ndims=1, activation="tanh", name=None):
+  """A small network `input -> out_dim` values per position, last layer zero-initialised.
+
+  Vectors: `len(hidden)` Dense layers then a zero Dense. Images: 3x3 convolutions of the
+  `hidden` widths then a zero 3x3 convolution (per-pixel outputs).
+  """
+  if event_ndims == 1:
+    layers = [keras.layers.Dense(h, activation=activation) for h in hidden]
+    layers.append(keras.layers.Dense(out_dim, kernel_initializer="zeros",
+                                     bias_initializer="zeros"))
+  else:
+    layers = [keras.layers.Conv2D(h, 3, padding="same", activation=activation) for h in hidden]
+    layers.append(keras.layers.Conv2D(out_dim, 3, padding="same", kernel_initializer="zeros",
+                                      bias_initializer="zeros"))
+  return keras.Sequential(layers, name=name)
+
+
+class CIFLayer(keras.layers.Layer):
+  r"""One CIF layer around a base bijector layer `f`, with its own index `u`.
+
+  Data to latent (inference): `h = f^{-1}(x)`, `u ~ q(u | h)`, `z = (h + t(u)) e^{s(u)}`;
+  latent to data (generation): `u ~ p(u | z)`, `x = f(z e^{-s(u)} - t(u))`. One draw
+  contributes
+
+  .. math::
+      \log|\det J_{f^{-1}}(x)| + \textstyle\sum s(u) + \log p(u \mid z) - \log q(u \mid h)
+
+  to the log-weight of the model's importance sampler (Cornish et al. 2020, section 4).
+  `p` and `q` are diagonal Gaussians whose mean and log standard deviation come from the
+  networks `p_net(z)` and `q_net(h)`; `(s, t) = st_net(u)` (`bijectors.IndexedAffine`). All
+  three networks end in zero-initialised layers: a new layer is `f` exactly, with
+  `p = q = N(0, I)`.
+
+  Args:
+    base: a `BijectorLayer` (`f`), e.g. a residual block or a coupling layer; its weights
+      are this layer's.
+    event_shape: `[D]` or `[H, W, C]`.
+    u_dim: dimension of `u` (per pixel for images).
+    hidden: widths of the hidden layers of the three networks.
+    seed: seed of the layer's stream of `u` draws (training and evaluation streams).
+  """
+
+  def __init__(self, base, event_shape, *, u_dim=1, hidden=(10, 10), seed=None, **kwargs):
+    super().__init__(**kwargs)
+    self.base = base
+    self.event_shape = tuple(int(d) for d in event_shape)
+    self.event_ndims = len(self.event_shape)
+    if self.event_ndims not in (1, 3):
+      raise ValueError(f"CIFLayer: event_shape must be [D] or [H, W, C]; got "
+                       f"{list(event_shape)}")
+    if isinstance(u_dim, bool) or not isinstance(u_dim, int) or u_dim < 1:
+      raise ValueError(f"CIFLayer: u_dim must be a positive integer; got {u_dim!r}")
+    self.u_dim = u_dim
+    self.hidden = tuple(int(h) for h in hidden)
+    channels = self.event_shape[-1]
+    nd = self.event_ndims
+    self.st_net = gaussian_net(self.hidden, 2 * channels, event_ndims=nd, name="st_net")
+    self.p_net = gaussian_net(self.hidden, 2 * u_dim, event_ndims=nd, name="p_net")
+    self.q_net = gaussian_net(self.hidden, 2 * u_dim, event_ndims=nd, name="q_net")
+    self.seed_generator = keras.random.SeedGenerator(seed, name="u_seed")
+    self.eval_seed_generator = keras.random.SeedGenerator(
+        None if seed is None else seed + 104729, name="eval_u_seed")
+
+  @property
+  def u_shape(self):
+    return self.event_shape[:-1] + (self.u_dim,)
+
+  def next_seed(self, training):
+    generator = self.seed_generator if training else self.eval_seed_generator
+    return tf.cast(generator.next(), tf.int32)
+
+  def build(self, input_shape=None):
+    del input_shape
+    x = tf.zeros((1,) + self.event_shape)
+    self.base.bijector().inverse(x)
+    u = tf.zeros((1,) + self.u_shape)
+    self.st_net(u), self.p_net(x), self.q_net(x)
+    self.built = True
+
+  # -- TFP objects from the current weights --------------------------------------------
+
+  def affine(self):
+    """`bijectors.IndexedAffine` of `st_net`, named `"<layer>_affine"` for `tfb.Chain`."""
+    return bijectors.IndexedAffine(self.st_net, event_ndims=self.event_ndims,
+                                   name=f"{self.name}_affine")
+
+  def bijector(self, training=False):
+    """`F(.; u) = f o affine(u)` (latent -> data), `u` routed by the affine's name."""
+    return tfb.Chain([self.base.bijector(training=training), self.affine()],
+                     name=f"{self.name}_indexed")
+
+  def _gaussian(self, net, v):
+    out = tf.cast(net(v), v.dtype)
+    mean, log_std = tf.split(out, 2, axis=-1)
+    return tfd.Independent(tfd.Normal(mean, tf.exp(log_std)),
+                           reinterpreted_batch_ndims=self.event_ndims)
+
+  def p_u(self, z):
+    """`p(u | z)`, a distribution over `[*u_shape]` per row of `z`."""
+    return self._gaussian(self.p_net, z)
+
+  def q_u(self, h):
+    """`q(u | h)`, a distribution over `[*u_shape]` per row of `h`."""
+    return self._gaussian(self.q_net, h)
+
+  # -- the two directions ----------------------------------------------------------------
+
+  def infer(self, x, *, seed, training=False, u=None):
+    """Data to latent for a batch `x`: draws `u ~ q(u | h)` (or takes the given `u`).
+
+    Returns `(z, u, log_joint, log_q)`, both `[batch]`: `log_joint` the layer's part of
+    `log p(x, u)`, `log|det J_{f^{-1}}(x)| + sum s(u) + log p(u | z)`, and `log_q` is
+    `log q(u | h)`.
+    """
+    f = self.base.bijector(training=training)
+    h = f.inverse(x)
+    log_joint = f.inverse_log_det_jacobian(x, event_ndims=self.event_ndims)
+    q = self.q_u(h)
+    if u is None:
+      u = q.sample(seed=seed)
+    affine = self.affine()
+    z = affine.inverse(h, u=u)
+    log_joint += affine.inverse_log_det_jacobian(h, event_ndims=self.event_ndims, u=u)
+    log_joint += self.p_u(z).log_prob(u)
+    return z, u, log_joint, q.log_prob(u)
+
+  def generate(self, z, *, seed, training=False):
+    """Latent to data for a batch `z`: draws `u ~ p(u | z)`; returns `(x, u)`."""
+    u = self.p_u(z).sample(seed=seed)
+    h = self.affine().forward(z, u=u)
+    return self.base.bijector(training=training).forward(h), u
+
+  def call(self, x):
+    return self.infer(x, seed=self.next_seed(False))[0]
