@@ -1,0 +1,171 @@
+"""CIF against its base flow in equal wall-clock time on 2D targets with holes (issue #10).
+
+Targets: `two_uniforms` (uniform on the unit squares `[-2, -1] x [-0.5, 0.5]` and
+`[1, 2] x [-0.5, 0.5]`: entropy `log 2`) and `checkerboard` (`tfpflows.data`, uniform on 8
+unit squares: entropy `log 8`). For each target, pair and seed, one process:
+
+1. draws 50,000 training and 10,000 test points (seeded);
+2. builds both models (`build_flow`, seeded), initialises ActNorm on a batch, and trains
+   each with `fit` (Adam `--lr`, batch 500) for `--budget` seconds of wall clock after a
+   first, untimed epoch of 5 steps (compilation);
+3. reports the test NLL: the flow's exact one, CIF's `log_prob` with K = 100 (the reference
+   code's test setting; a lower bound on log p in expectation, so CIF's NLL is if anything
+   too high), with standard errors over the test points.
+
+Pairs: `cif-realnvp` (4 CIF layers, hidden 32) against `realnvp` of at least as many
+parameters; `cif-resflow` (the reference's 2D setting scaled down: `--resflow-steps` CIF
+layers, hidden `--resflow-hidden`) against `resflow` of at least as many parameters.
+
+Output, with the gap = test NLL - entropy (the KL from the data to the model):
+
+    ratio cif_gap_vs_realnvp VALUE    # realnvp's mean gap / cif-realnvp's (target >= 1.3)
+    ratio cif_gap_vs_resflow VALUE
+    ratio cif_step_vs_base VALUE      # base step time / CIF step time (target >= 0.7)
+
+and, with `--plot DIR`, a PNG of the densities side by side (CIF's by K = 100 on a grid).
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfpflows import data as flow_data  # noqa: E402
+from tfpflows.models import build_flow  # noqa: E402
+
+ENTROPY = {"two_uniforms": math.log(2.), "checkerboard": math.log(8.)}
+
+
+def sample_target(name, n, seed):
+  if name == "two_uniforms":
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-0.5, 0.5, (n, 2))
+    x[:, 0] += np.where(rng.uniform(size=n) < 0.5, -1.5, 1.5)
+    return x.astype("float32")
+  return flow_data.toy_sample(name, n, seed=seed).numpy()
+
+
+def _params(model):
+  return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def _matched_base(base_name, cif_params, steps, seed):
+  """The smallest hidden width whose `base_name` flow has >= `cif_params` parameters."""
+  for hidden in range(8, 1025, 4):
+    model = build_flow(base_name, [2], num_steps=steps, hidden=hidden, seed=seed)
+    if _params(model) >= cif_params:
+      return model
+  raise RuntimeError("no base flow large enough")
+
+
+class _Budget(keras.callbacks.Callback):
+  def __init__(self, seconds):
+    super().__init__()
+    self.seconds, self.steps, self.start = seconds, 0, None
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.start is None:
+      self.start = time.perf_counter()
+      return
+    self.steps += 1
+    if time.perf_counter() - self.start >= self.seconds:
+      self.model.stop_training = True
+
+
+def train(model, x, args, seed):
+  keras.utils.set_random_seed(seed)
+  model.initialize(x[:500])
+  model.compile(optimizer=keras.optimizers.Adam(args.lr))
+  ds = tf.data.Dataset.from_tensor_slices(x).shuffle(len(x), seed=seed).repeat().batch(500)
+  model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)      # compiles
+  budget = _Budget(args.budget)
+  model.fit(ds, steps_per_epoch=100, epochs=10 ** 6, verbose=0, shuffle=False,
+            callbacks=[budget])
+  elapsed = time.perf_counter() - budget.start
+  return budget.steps / elapsed
+
+
+def test_nll(model, x, cif):
+  parts = []
+  for i in range(0, len(x), 500):
+    batch = x[i:i + 500]
+    lp = model.log_prob(batch, 100, seed=(i, 7)) if cif else model.log_prob(batch)
+    parts.append(np.asarray(lp))
+  nll = -np.concatenate(parts)
+  return float(nll.mean()), float(nll.std() / math.sqrt(len(nll)))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--targets", default="two_uniforms,checkerboard")
+  p.add_argument("--pairs", default="realnvp,resflow")
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--budget", type=float, default=60.)
+  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--resflow-steps", type=int, default=4)
+  p.add_argument("--resflow-hidden", type=int, default=32)
+  p.add_argument("--quick", action="store_true", help="1 seed, 15 s, two_uniforms, realnvp")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.seeds, args.budget, args.targets, args.pairs = 1, 15., "two_uniforms", "realnvp"
+  print(f"# CIF vs base flow, equal wall clock: budget={args.budget}s seeds={args.seeds} "
+        f"Adam({args.lr}) batch=500 test=10000 K=100 cpus={os.cpu_count()} "
+        f"tf={tf.__version__} keras={keras.__version__}", flush=True)
+  results = {}
+  for tname in args.targets.split(","):
+    for pair in args.pairs.split(","):
+      for seed in range(args.seeds):
+        x_train = sample_target(tname, 50_000, seed)
+        x_test = sample_target(tname, 10_000, seed + 1000)
+        if pair == "realnvp":
+          cif = build_flow("cif-realnvp", [2], num_steps=4, hidden=32, seed=seed)
+          base = _matched_base("realnvp", _params(cif), 8, seed)
+        else:
+          cif = build_flow("cif-resflow", [2], num_steps=args.resflow_steps,
+                           hidden=args.resflow_hidden, seed=seed)
+          base = _matched_base("resflow", _params(cif), args.resflow_steps, seed)
+        for system, model, is_cif in ((pair, base, False), (f"cif-{pair}", cif, True)):
+          steps_s = train(model, x_train, args, seed)
+          nll, se = test_nll(model, x_test, is_cif)
+          gap = nll - ENTROPY[tname]
+          results.setdefault((tname, system), []).append((gap, se, steps_s))
+          print(f"run {tname:12s} {system:12s} seed={seed} test_nll={nll:.4f} +- {se:.4f} "
+                f"gap={gap:.4f} steps/s={steps_s:.1f} params={_params(model)}", flush=True)
+  print("# summary: gap = test NLL - entropy, mean over seeds +- the seeds' standard error")
+  ratios = {}
+  for (tname, system), rs in sorted(results.items()):
+    gaps = np.array([r[0] for r in rs])
+    spread = gaps.std(ddof=1) / math.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+    print(f"{tname:12s} {system:12s} gap={gaps.mean():.4f} +- {spread:.4f} "
+          f"steps/s={np.median([r[2] for r in rs]):.1f}")
+  for pair in args.pairs.split(","):
+    base_gaps = [np.mean([r[0] for r in results[(t, pair)]]) for t in args.targets.split(",")]
+    cif_gaps = [np.mean([r[0] for r in results[(t, f"cif-{pair}")]])
+                for t in args.targets.split(",")]
+    for t, b, c in zip(args.targets.split(","), base_gaps, cif_gaps):
+      print(f"info {t} {pair} gap / cif-{pair} gap {b / max(c, 1e-9):.3f}")
+    ratios[pair] = float(np.mean(base_gaps) / max(np.mean(cif_gaps), 1e-9))
+    speeds = [(np.median([r[2] for r in results[(t, pair)]]),
+               np.median([r[2] for r in results[(t, f"cif-{pair}")]]))
+              for t in args.targets.split(",")]
+    # steps/s of CIF over the base's = base step time / CIF step time
+    ratios[f"step_{pair}"] = float(np.mean([c / b for b, c in speeds]))
+  for pair in args.pairs.split(","):
+    value = ratios[pair]
+    print(f"ratio cif_gap_vs_{pair} {value:.3f}    # target >= 1.3: "
+          f"{'met' if value >= 1.3 else 'NOT met'}")
+  step = float(np.mean([ratios[f"step_{p}"] for p in args.pairs.split(",")]))
+  print(f"ratio cif_step_vs_base {step:.3f}    # target >= 0.7: {'met' if step >= 0.7 else 'NOT met'}"
+        f" (note: the base has at least CIF's parameters, not the same base map)")
+
+
+if __name__ == "__main__":
+  main()
