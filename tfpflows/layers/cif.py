@@ -11,19 +11,28 @@ tfb, tfd = tfp.bijectors, tfp.distributions
 __all__ = ["CIFLayer", "gaussian_net"]
 
 
-def gaussian_net(hidden, out_dim, *, event_ndims=1, activation="tanh", name=None):
-  """A small network `input -> out_dim` values per position, last layer zero-initialised.
+# Standard deviation of the last layer's initial kernel. Not zero: with zero last layers
+# the index networks start at a saddle (their hidden layers get no gradient, and `u`
+# carries no information), and on two separated squares a 4-layer CIF-RealNVP stayed at
+# the Gaussian fit (NLL 2.0) for 2,400 steps; with 0.3 it reached 1.0 in 1,200.
+LAST_LAYER_STDDEV = 0.3
 
-  Vectors: `len(hidden)` Dense layers then a zero Dense. Images: 3x3 convolutions of the
-  `hidden` widths then a zero 3x3 convolution (per-pixel outputs).
+
+def gaussian_net(hidden, out_dim, *, event_ndims=1, activation="tanh", name=None):
+  """A small network `input -> out_dim` values per position; last layer's kernel
+  `N(0, LAST_LAYER_STDDEV^2)`, bias zero.
+
+  Vectors: `len(hidden)` Dense layers then a linear Dense. Images: 3x3 convolutions of the
+  `hidden` widths then a linear 3x3 convolution (per-pixel outputs).
   """
+  last = keras.initializers.RandomNormal(stddev=LAST_LAYER_STDDEV)
   if event_ndims == 1:
     layers = [keras.layers.Dense(h, activation=activation) for h in hidden]
-    layers.append(keras.layers.Dense(out_dim, kernel_initializer="zeros",
+    layers.append(keras.layers.Dense(out_dim, kernel_initializer=last,
                                      bias_initializer="zeros"))
   else:
     layers = [keras.layers.Conv2D(h, 3, padding="same", activation=activation) for h in hidden]
-    layers.append(keras.layers.Conv2D(out_dim, 3, padding="same", kernel_initializer="zeros",
+    layers.append(keras.layers.Conv2D(out_dim, 3, padding="same", kernel_initializer=last,
                                       bias_initializer="zeros"))
   return keras.Sequential(layers, name=name)
 
@@ -40,9 +49,9 @@ class CIFLayer(keras.layers.Layer):
 
   to the log-weight of the model's importance sampler (Cornish et al. 2020, section 4).
   `p` and `q` are diagonal Gaussians whose mean and log standard deviation come from the
-  networks `p_net(z)` and `q_net(h)`; `(s, t) = st_net(u)` (`bijectors.IndexedAffine`). All
-  three networks end in zero-initialised layers: a new layer is `f` exactly, with
-  `p = q = N(0, I)`.
+  networks `p_net(z)` and `q_net(h)`; `(s, t) = st_net(u)` (`bijectors.IndexedAffine`). The
+  three networks' last layers start small and random (`LAST_LAYER_STDDEV`), not zero: zero
+  last layers are a saddle of the ELBO (see `gaussian_net`).
 
   Args:
     base: a `BijectorLayer` (`f`), e.g. a residual block or a coupling layer; its weights
