@@ -14,6 +14,15 @@ TRANSFORMS = ("affine", "additive")
 SCALES = ("sigmoid", "exp")
 
 
+def check_scale(scale, transform, owner):
+  """One-line ValueError unless `scale` is in `SCALES` and fits `transform`."""
+  if scale not in SCALES:
+    raise ValueError(f"{owner}: scale must be one of {SCALES}, got {scale!r}")
+  if scale != "sigmoid" and transform != "affine":
+    raise ValueError(f"{owner}: scale={scale!r} applies to transform='affine'; got "
+                     f"transform={transform!r}")
+
+
 class Coupling(tfb.Bijector):
   r"""Coupling layer: half of the event conditions an elementwise map of the other half.
 
@@ -83,11 +92,7 @@ class Coupling(tfb.Bijector):
       raise ValueError(f"Coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
     if not callable(conditioner):
       raise TypeError(f"Coupling: conditioner must be callable, got {type(conditioner).__name__}")
-    if scale not in SCALES:
-      raise ValueError(f"Coupling: scale must be one of {SCALES}, got {scale!r}")
-    if scale != "sigmoid" and transform != "affine":
-      raise ValueError(f"Coupling: scale={scale!r} applies to transform='affine'; got "
-                       f"transform={transform!r}")
+    check_scale(scale, transform, "Coupling")
     try:
       clamp = float(clamp)
     except (TypeError, ValueError):

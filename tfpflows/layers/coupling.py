@@ -1,7 +1,7 @@
 """Keras layer owning a coupling's conditioner network."""
 
 from tfpflows import bijectors
-from tfpflows.bijectors.coupling import SCALES
+from tfpflows.bijectors.coupling import check_scale
 from tfpflows.layers import networks
 from tfpflows.layers.base import BijectorLayer
 
@@ -22,11 +22,7 @@ class CouplingLayer(BijectorLayer):
   def __init__(self, channels, *, mask="channel", transform="affine", reverse=False,
                event_ndims=3, hidden=512, conditioner=None, scale="sigmoid", **kwargs):
     super().__init__(**kwargs)
-    if scale not in SCALES:
-      raise ValueError(f"CouplingLayer: scale must be one of {SCALES}, got {scale!r}")
-    if scale != "sigmoid" and transform != "affine":
-      raise ValueError(f"CouplingLayer: scale={scale!r} applies to transform='affine'; got "
-                       f"transform={transform!r}")
+    check_scale(scale, transform, "CouplingLayer")
     self.scale = scale
     self.channels, self.mask, self.transform = int(channels), mask, transform
     self.reverse, self.event_ndims = bool(reverse), event_ndims

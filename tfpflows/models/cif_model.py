@@ -31,6 +31,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfpflows.models.flow_model import _checked_sample_args, warm_up_layers
+
 tfd = tfp.distributions
 
 # The reference code's evaluation defaults for the importance-sampled log-likelihood.
@@ -98,7 +100,7 @@ class CIFModel(keras.Model):
                            reinterpreted_batch_ndims=len(self.event_shape))
 
   def _seeds(self, seed, training):
-    if seed is None:
+    if seed is None:   # the layers' own streams
       return [layer.next_seed(training) for layer in self.cif_layers]
     return tf.unstack(tfp.random.split_seed(seed, len(self.cif_layers)))
 
@@ -107,7 +109,9 @@ class CIFModel(keras.Model):
     log_joint = tf.zeros(tf.shape(x)[:1], x.dtype)
     log_q = tf.zeros_like(log_joint)
     drawn = []
-    for k, (layer, layer_seed) in enumerate(zip(self.cif_layers, self._seeds(seed, training))):
+    # Given indices need no seeds (and leave the layers' seed streams where they are).
+    seeds = self._seeds(seed, training) if us is None else [None] * len(self.cif_layers)
+    for k, (layer, layer_seed) in enumerate(zip(self.cif_layers, seeds)):
       x, u, lj, lq = layer.infer(x, seed=layer_seed, training=training,
                                  u=None if us is None else us[k])
       log_joint += lj
@@ -161,15 +165,11 @@ class CIFModel(keras.Model):
 
   def sample(self, n, temperature=1.0, seed=None):
     """`n` exact ancestral samples `[n, *event_shape]`; `temperature` scales the base."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-      raise ValueError(f"sample: n must be an integer >= 0; got {n!r}")
-    if not (isinstance(temperature, (int, float, np.floating)) and math.isfinite(temperature)
-            and temperature > 0):
-      raise ValueError(f"sample: temperature must be a finite number > 0; got {temperature!r}")
+    n, temperature = _checked_sample_args(n, temperature)
     if seed is None:
       seed = tf.cast(self.sample_seed_generator.next(), tf.int32)
     seeds = tf.unstack(tfp.random.split_seed(seed, len(self.cif_layers) + 1))
-    z = self._base(float(temperature)).sample(int(n), seed=seeds[-1])
+    z = self._base(temperature).sample(n, seed=seeds[-1])
     for layer, layer_seed in zip(reversed(self.cif_layers), seeds[:-1]):
       z, _ = layer.generate(z, seed=layer_seed)
     return z
@@ -184,10 +184,8 @@ class CIFModel(keras.Model):
     spectral-norm warm-up, data side first, as `FlowModel.initialize` (the indexed affine
     maps are identities before training, so `h` of one layer is the next one's input)."""
     x = self._checked(x, "initialize")
+    warm_up_layers(self)
     for layer in self.cif_layers:
-      for sub in layer._flatten_layers(include_self=False, recursive=True):
-        if callable(getattr(sub, "warm_up", None)):
-          sub.warm_up()
       x = layer.base.data_init(x)
 
   def call(self, x, training=None):

@@ -284,9 +284,7 @@ class FlowModel(keras.Model):
 
   def _warm_up(self):
     """Residual blocks' spectral-norm warm-up, in the cross-replica context."""
-    for layer in self._flatten_layers(include_self=False, recursive=True):
-      if callable(getattr(layer, "warm_up", None)):
-        layer.warm_up()
+    warm_up_layers(self)
 
   def _check_init_batch(self, event_shape, batch):
     if tuple(event_shape) != self.event_shape:
@@ -414,6 +412,13 @@ class FlowModel(keras.Model):
   def from_config(cls, config):
     from tfpflows.models.architectures import build_flow  # pylint: disable=g-import-not-at-top
     return build_flow(**config)
+
+
+def warm_up_layers(model):
+  """Calls `warm_up()` of every layer under `model` that has one (residual blocks)."""
+  for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+    if callable(getattr(layer, "warm_up", None)):
+      layer.warm_up()
 
 
 def _check_finite_batch(y):
