@@ -9,7 +9,9 @@ each target, each system and each seed, one process:
    samples, stateless seeds), its gradient and a Keras `Adam(--lr)` update of the
    surrogate's `trainable_variables` (exactly the step `tfp.vi.fit_surrogate_posterior`
    runs);
-2. runs the step once untimed (compilation), then for `--budget` seconds of wall clock;
+2. runs the step once untimed (compilation), then for `--budget` seconds of wall clock
+   (`--lr-schedule linear`: the learning rate decays linearly to 0 over that time, for
+   both systems alike; the default `constant` is what `fit_surrogate_posterior` runs);
 3. estimates `KL(q || p) = log Z - ELBO` from `--eval-samples` fresh samples
    (`tfpflows.vi.elbo`, evaluation setting of our flows: exact log-dets in 2D), with the
    standard error of that estimate.
@@ -117,8 +119,12 @@ def run(system, target, args, seed):
   opt.build(variables)
   seed_t = tf.Variable(tfp.random.sanitize_seed(seed + 1000))
 
+  decay = args.lr_schedule == "linear"
+
   @tf.function(jit_compile=True, autograph=False)
-  def step():
+  def step(elapsed_fraction):
+    if decay:   # lr * (1 - t / budget), t the wall-clock time into the run
+      opt.learning_rate.assign(args.lr * tf.maximum(1. - elapsed_fraction, 0.))
     s, nxt = tfp.random.split_seed(seed_t, 2)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
       tape.watch(variables)
@@ -130,12 +136,12 @@ def run(system, target, args, seed):
     return loss
 
   t0 = time.perf_counter()
-  step()
+  step(tf.constant(0.))
   compile_s = time.perf_counter() - t0
   probe = cpu_probe(os.getpid())
   steps, t0 = 0, time.perf_counter()
-  while time.perf_counter() - t0 < args.budget:
-    loss = step()
+  while (elapsed := time.perf_counter() - t0) < args.budget:
+    loss = step(tf.constant(elapsed / args.budget, tf.float32))
     steps += 1
   float(loss)
   elapsed = time.perf_counter() - t0
@@ -162,6 +168,9 @@ def main(argv=None):
   p.add_argument("--budget", type=float, default=20., help="training seconds per run")
   p.add_argument("--sample-size", type=int, default=64)
   p.add_argument("--lr", type=float, default=1e-2)
+  p.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
+                 help="constant (what fit_surrogate_posterior runs) or linear decay to 0 "
+                      "over the budget (removes most of the final iterate's noise)")
   p.add_argument("--initial-scale", type=float, default=2.)
   p.add_argument("--base-components", default="auto",
                  help="auto: 8 on the multimodal target, 1 on the others; or a number")
@@ -185,7 +194,8 @@ def main(argv=None):
     counts = {h: _count(iaf(args.iaf_layers, h, 1., 0)[2]) for h in range(8, 129)}
     args.iaf_hidden = min(counts, key=lambda h: abs(counts[h] - target_count))
   print(f"# VI, equal wall clock: budget={args.budget}s/run seeds={args.seeds} "
-        f"sample_size={args.sample_size} Adam({args.lr}) initial_scale={args.initial_scale} "
+        f"sample_size={args.sample_size} Adam({args.lr}, {args.lr_schedule}) "
+        f"initial_scale={args.initial_scale} "
         f"base_components={args.base_components} iaf={args.iaf_layers}x[{args.iaf_hidden}, "
         f"{args.iaf_hidden}] eval_samples={args.eval_samples}")
   print(f"# tf={tf.__version__} tfp={tfp.__version__} keras={keras.__version__} "
