@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("kind", ["vec", "img", "resflow"])
+@pytest.mark.parametrize("kind", ["vec", "img", "resflow", "cif"])
 def test_mirrored_strategy_matches_one_device(kind):
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "distribute_check.py"), kind],
                         capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -26,8 +26,10 @@ def test_mirrored_strategy_matches_one_device(kind):
   np.testing.assert_allclose(out["loss_mirrored"], out["loss_single"], rtol=1e-4)
   assert out["weight_diff"] < 1e-4, out
   assert out["moved"] > 0.1, out
-  if kind == "resflow":   # the stochastic estimator with the Neumann gradient, mirrored
+  if kind in ("resflow", "cif"):   # the stochastic estimator (or u ~ q), mirrored
     assert np.all(np.isfinite(out["stochastic_loss"])), out
+  if kind == "cif":   # each replica draws its own u (seeds folded with the replica id)
+    assert out["replica_draws_differ"], out
 
 
 def _free_ports(n):

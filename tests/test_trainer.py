@@ -138,6 +138,51 @@ def test_residual_and_simple_flows_in_the_trainer(tmp_path, model, kind):
     assert not diagnostics
 
 
+@pytest.mark.parametrize("model,kind", [("cif-realnvp", "toy"), ("cif-resflow", "npy_vectors")])
+def test_cif_models_in_the_trainer(tmp_path, model, kind):
+  """CIF on a toy density and on .npy vectors: trained, evaluated by the K-sample estimate
+  (--num_importance_samples), exported, plotted, with its health figures logged."""
+  from trainers import train  # pylint: disable=g-import-not-at-top
+  model_dir, export_dir = _dirs(tmp_path)
+  dataset = "rings" if kind == "toy" else _npy(
+      tmp_path, np.random.RandomState(0).randn(40, 2).astype("float32"))
+  config = train.Config(model=model, dataset=dataset, model_dir=model_dir,
+                        export_dir=export_dir, steps=4, eval_every=2, batch_size=8,
+                        num_steps=1, hidden=8, num_importance_samples=7)
+  result = train.run(config)
+  assert result["step"] == 4 and np.isfinite(result["metrics"]["nll"])
+  served = tf.saved_model.load(export_dir)
+  assert sorted(served.signatures) == ["decode", "elbo", "encode", "log_prob", "log_prob_k",
+                                       "sample", "serving_default"]
+  assert all(os.path.getsize(p) > 1000 for p in result["plots"])
+  diagnostics = _scalars(os.path.join(model_dir, "tensorboard", "diagnostics"))
+  figures = {tag.split("/")[-1] for tag in diagnostics}
+  assert {"u_gap", "ess", "ess_fraction"} <= figures
+  assert ("lipschitz" in figures) == (model == "cif-resflow")
+  assert all(sorted(steps) == [2, 4] for steps in diagnostics.values())
+  train_scalars = _scalars(os.path.join(model_dir, "tensorboard", "train"))
+  assert {"u_gap", "ess", "elbo", "nll"} <= set(train_scalars)
+
+
+def test_cif_flags_are_checked(tmp_path, capsys):
+  model_dir, export_dir = _dirs(tmp_path)
+  images = _npy(tmp_path, np.zeros((8, 8, 8, 1), np.uint8))
+  cases = [
+      (["--model=cif-realnvp", f"--dataset={images}"], "images are not supported yet"),
+      (["--model=realnvp", "--dataset=moons", "--num_importance_samples=10"],
+       "num_importance_samples applies to the CIF models"),
+      (["--model=cif-realnvp", "--dataset=moons", "--num_importance_samples=0"],
+       "num_importance_samples"),
+  ]
+  for argv, message in cases:
+    proc = _main_in_process([*argv, f"--model_dir={model_dir}", f"--export_dir={export_dir}"],
+                            capsys)
+    assert proc.returncode == 2, (argv, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], (argv, proc.stderr)
+    assert not os.path.exists(model_dir) and not os.path.exists(export_dir)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

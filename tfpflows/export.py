@@ -10,6 +10,21 @@ serves it without tfpflows, Keras or TFP installed. Signatures:
   deviation as in Glow (1.0 is the model itself). Each call draws afresh from a
   `tf.random.Generator` saved with the model; its seed is `export_saved_model`'s `seed`.
 * `encode(x) -> latent` (the inverse of the flow) and `decode(z) -> data` (the forward).
+
+A `CIFModel` (continuously indexed flow) has no exact density; its SavedModel serves:
+
+* `log_prob(x) -> [batch]`: the importance-sampled estimate with the model's
+  `default_num_samples` `K` (100 for vectors, 10 for images), so a server calls every
+  model the same way; `serving_default` is `log_prob`.
+* `log_prob_k(x, num_samples) -> [batch]`: the same with `K` given (a graph assertion
+  refuses `K < 1`).
+* `elbo(x) -> [batch]`: one draw of `log p(x, u) - log q(u | x)`.
+* `sample(n, temperature)` as above (exact ancestral samples).
+* `encode(x) -> z_L` with one draw `u ~ q(u | x)` per layer, and `decode(z) -> data` with
+  one draw `u ~ p(u | z)` per layer: not inverses of each other (the indices are drawn
+  afresh), but `decode` of `N(0, I)` draws is an exact sample.
+
+Every random draw comes from the saved `tf.random.Generator`: each call draws afresh.
 """
 
 import errno
@@ -58,6 +73,11 @@ def sweep_stale_exports(export_dir):
   return removed
 
 
+def _is_cif(model):
+  from tfpflows.models.cif_model import CIFModel  # pylint: disable=g-import-not-at-top
+  return isinstance(model, CIFModel)
+
+
 def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
   """Writes `model` as a SavedModel at `export_dir`, atomically.
 
@@ -66,7 +86,7 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
   `overwrite=True` the old export is replaced only after the new one is whole.
 
   Args:
-    model: a `tfpflows.models.FlowModel`.
+    model: a `tfpflows.models.FlowModel` or `CIFModel`.
     export_dir: the SavedModel directory to create.
     overwrite: replace an existing `export_dir`.
     seed: seed of the sampler's random generator.
@@ -107,11 +127,33 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
     seed_pair = tf.cast(generator.make_seeds(1)[:, 0], tf.int32)
     return model.sample(n, temperature=temperature, seed=seed_pair)
 
-  archive.add_endpoint("log_prob", log_prob, input_signature=[event_spec])
-  archive.add_endpoint("sample", sample, input_signature=[
-      tf.TensorSpec([], tf.int32, name="n"), tf.TensorSpec([], tf.float32, name="temperature")])
-  archive.add_endpoint("encode", model.encode, input_signature=[event_spec])
-  archive.add_endpoint("decode", model.decode, input_signature=[latent_spec])
+  sample_spec = [tf.TensorSpec([], tf.int32, name="n"),
+                 tf.TensorSpec([], tf.float32, name="temperature")]
+  if _is_cif(model):
+    def draw():
+      return tf.cast(generator.make_seeds(1)[:, 0], tf.int32)
+
+    def cif_log_prob(x):
+      return model.log_prob(x, seed=draw())
+
+    def log_prob_k(x, num_samples):
+      return model.log_prob(x, num_samples, seed=draw())
+
+    archive.add_endpoint("log_prob", cif_log_prob, input_signature=[event_spec])
+    archive.add_endpoint("log_prob_k", log_prob_k, input_signature=[
+        event_spec, tf.TensorSpec([], tf.int32, name="num_samples")])
+    archive.add_endpoint("elbo", lambda x: model.elbo(x, seed=draw()),
+                         input_signature=[event_spec])
+    archive.add_endpoint("sample", sample, input_signature=sample_spec)
+    archive.add_endpoint("encode", lambda x: model.encode(x, seed=draw()),
+                         input_signature=[event_spec])
+    archive.add_endpoint("decode", lambda z: model.decode(z, seed=draw()),
+                         input_signature=[latent_spec])
+  else:
+    archive.add_endpoint("log_prob", log_prob, input_signature=[event_spec])
+    archive.add_endpoint("sample", sample, input_signature=sample_spec)
+    archive.add_endpoint("encode", model.encode, input_signature=[event_spec])
+    archive.add_endpoint("decode", model.decode, input_signature=[latent_spec])
 
   tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
   try:

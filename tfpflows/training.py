@@ -18,8 +18,8 @@ For `model.fit` in a notebook as much as for `trainers/train.py`, which only wir
   (Ctrl-C) into a checkpoint at the current step and an `Interrupted` exception; a second
   Ctrl-C aborts at once (the latest checkpoint stays the previous whole one: TF writes the
   `checkpoint` index last).
-* `TensorBoardScalars` and `ResidualHealth`: epoch logs and residual-block health as
-  TensorBoard scalars at the training step reached.
+* `TensorBoardScalars` and `FlowHealth`: epoch logs and health figures (residual blocks,
+  CIF layers) as TensorBoard scalars at the training step reached.
 """
 
 import contextlib
@@ -36,7 +36,7 @@ from tfpflows.checkpoint import NonFiniteError
 
 __all__ = [
     "fit_steps", "steps_done", "PeriodicCheckpoint", "TerminateOnNonFinite", "Interrupted",
-    "interruptible", "TensorBoardScalars", "ResidualHealth", "NonFiniteError",
+    "interruptible", "TensorBoardScalars", "FlowHealth", "ResidualHealth", "NonFiniteError",
 ]
 
 def steps_done(model):
@@ -240,20 +240,24 @@ class TensorBoardScalars(keras.callbacks.Callback):
       writer.close()
 
 
-class ResidualHealth(keras.callbacks.Callback):
-  """After each epoch, the residual blocks' health on a held-out batch.
+class FlowHealth(keras.callbacks.Callback):
+  """After each epoch, the model's health figures on a held-out batch (`model.diagnostics`).
 
-  `FlowModel.diagnostics`: each block's Lipschitz bound, sampled series length, spread of
-  the log-det estimate, and the fixed-point inverse's iterations and residual. Every block's
-  figures go to TensorBoard (<log_dir>/diagnostics, tags "<block>/<figure>"); the worst or
-  mean over blocks joins the epoch's logs, so the progress line and the train scalars show
-  them. Does nothing for flows without residual blocks. (Diagnostics draw from the
-  evaluation seed stream: they never shift the training seeds.)
+  Residual blocks (`FlowModel.diagnostics`): each block's Lipschitz bound, sampled series
+  length, spread of the log-det estimate, and the fixed-point inverse's iterations and
+  residual. CIF models (`CIFModel.diagnostics`): per layer the gap `log q(u|h) - log p(u|z)`,
+  and the effective sample size of the evaluation's importance weights (`ess`, and
+  `ess_fraction` of `K`). Every figure goes to TensorBoard (<log_dir>/diagnostics, tags
+  "<layer>/<figure>"); the worst or mean over layers joins the epoch's logs, so the
+  progress line and the train scalars show them. Does nothing for flows with nothing to
+  report. (Diagnostics draw from the evaluation seed streams: they never shift the
+  training seeds.)
   """
 
   _SUMMARY = (("lipschitz", max, "lipschitz_max"), ("series_terms", None, "series_terms"),
               ("logdet_std", None, "logdet_std"), ("inverse_iterations", max, "inverse_iters"),
-              ("inverse_residual", max, "inverse_residual"))
+              ("inverse_residual", max, "inverse_residual"), ("u_gap", None, "u_gap"))
+  _GLOBAL = ("ess", "ess_fraction")
 
   def __init__(self, batch, log_dir):
     super().__init__()
@@ -276,8 +280,14 @@ class ResidualHealth(keras.callbacks.Callback):
       values = [v for k, v in report.items() if k.endswith("/" + figure)]
       if values:
         logs[key] = reduce(values) if reduce else sum(values) / len(values)
+    for key in self._GLOBAL:
+      if key in report:
+        logs[key] = report[key]
 
   def on_train_end(self, logs=None):
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+
+
+ResidualHealth = FlowHealth   # the earlier name

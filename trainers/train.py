@@ -6,6 +6,10 @@ r"""Trains a flow on a 2D toy density, a .npy file or a TFDS image set, and expo
   python -m trainers.train --model=glow --dataset=mnist --steps=20000 --batch_size=64 \
       --num_levels=2 --model_dir=/tmp/mnist --export_dir=/tmp/mnist_export
 
+--model is a flow of `tfpflows.models.NAMES` or a continuously indexed flow
+(cif-resflow, cif-realnvp, cif-glow; vectors), trained by its ELBO and evaluated by the
+importance-sampled estimate with --num_importance_samples draws (default 100).
+
 --dataset is a toy density name, a path ending in .npy ([N, d] float vectors or
 [N, H, W, C] uint8 images), or a TFDS name. Training runs `model.fit` in epochs of
 --eval_every steps; after each it evaluates the held-out data and logs to TensorBoard
@@ -39,6 +43,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpflows import data as flow_data
@@ -48,7 +53,7 @@ from tfpflows import plotting
 from tfpflows import training
 from tfpflows.checkpoint import FlowCheckpoint
 
-MODELS = models.NAMES
+MODELS = models.NAMES + models.CIF_NAMES
 NUM_SAMPLES_2D = 4096
 NUM_SAMPLES_IMAGES = 36
 TEMPERATURES = (0.7, 1.0)
@@ -71,6 +76,7 @@ class Config:
   num_levels: Optional[int] = None
   num_steps: Optional[int] = None
   hidden: Optional[int] = None
+  num_importance_samples: Optional[int] = None
   overwrite: bool = False
   seed: int = 0
 
@@ -105,6 +111,10 @@ def _define_flags():
                        lower_bound=1)
   flags.DEFINE_integer("hidden", None, "Hidden width of the coupling networks (default: "
                        "per model).", lower_bound=1)
+  flags.DEFINE_integer("num_importance_samples", None, "CIF models: importance samples K of "
+                       "the log-likelihood estimate used in evaluation, plots and the "
+                       "SavedModel's log_prob (default: 100 for vectors, 10 for images).",
+                       lower_bound=1)
   flags.DEFINE_boolean("overwrite", d["overwrite"].default, "Replace an existing "
                        "--export_dir.")
   flags.DEFINE_integer("seed", d["seed"].default, "Seed of the weights, the data stream "
@@ -188,7 +198,8 @@ def _validate_batch_size(config, event_shape):
 
 
 def _build_model(config, event_shape):
-  kwargs = {k: getattr(config, k) for k in ("num_levels", "num_steps", "hidden")
+  kwargs = {k: getattr(config, k) for k in ("num_levels", "num_steps", "hidden",
+                                             "num_importance_samples")
             if getattr(config, k) is not None}
   return _checked(models.build_flow, config.model, event_shape=event_shape, seed=config.seed,
                   **kwargs)
@@ -256,6 +267,16 @@ def _write_run_file(config):
   os.replace(tmp, path)
 
 
+CIF_GRID_SIZE = 100   # a CIF density costs K model passes per point
+CIF_PLOT_CHUNK = 1000
+
+
+def _in_chunks(fn, size):
+  def chunked(x):
+    return np.concatenate([np.asarray(fn(x[i:i + size])) for i in range(0, len(x), size)])
+  return chunked
+
+
 def _write_plots(config, data, model):
   paths, name = [], os.path.basename(config.dataset)
   if data.is_image:
@@ -266,8 +287,12 @@ def _write_plots(config, data, model):
                                           title=f"{config.model} samples, {name}"))
   elif data.event_shape == (2,):
     title = f"{config.model} on {name}"
+    log_prob, grid_size = model.log_prob, 200
+    if isinstance(model, models.CIFModel):   # K importance samples per grid point
+      title += f" (importance-sampled, K={model.default_num_samples})"
+      log_prob, grid_size = _in_chunks(model.log_prob, CIF_PLOT_CHUNK), CIF_GRID_SIZE
     paths.append(plotting.plot_density_2d(
-        model.log_prob, os.path.join(config.model_dir, "density.png"),
+        log_prob, os.path.join(config.model_dir, "density.png"), grid_size=grid_size,
         reference=data.reference, title=f"density: {title}"))
     paths.append(plotting.plot_samples_2d(
         model.sample(NUM_SAMPLES_2D, seed=config.seed),
@@ -315,7 +340,7 @@ def run(config):
           callbacks=[
               training.TerminateOnNonFinite(
                   hint=f"try a lower --learning_rate (now {config.learning_rate:g})"),
-              training.ResidualHealth(next(iter(data.heldout)), log_dir),
+              training.FlowHealth(next(iter(data.heldout)), log_dir),
               training.TensorBoardScalars(log_dir),
               training.PeriodicCheckpoint(checkpoint, config.checkpoint_every),
               on_signal,
@@ -344,6 +369,8 @@ def run(config):
   for path in plots:
     print(f"plot:        {path}")
   line = f"held-out NLL: {float(metrics['nll']):.4f} nats"
+  if isinstance(model, models.CIFModel):
+    line += f" (importance-sampled, K={model.default_num_samples})"
   if "bits_per_dim" in metrics:
     line += f" ({float(metrics['bits_per_dim']):.4f} bits/dim)"
   print(line)

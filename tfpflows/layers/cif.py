@@ -5,6 +5,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfpflows import bijectors
+from tfpflows.layers import seeds
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -89,7 +90,7 @@ class CIFLayer(keras.layers.Layer):
 
   def next_seed(self, training):
     generator = self.seed_generator if training else self.eval_seed_generator
-    return tf.cast(generator.next(), tf.int32)
+    return seeds.next_seed(generator)
 
   def build(self, input_shape=None):
     del input_shape
@@ -145,6 +146,20 @@ class CIFLayer(keras.layers.Layer):
     log_joint += affine.inverse_log_det_jacobian(h, event_ndims=self.event_ndims, u=u)
     log_joint += self.p_u(z).log_prob(u)
     return z, u, log_joint, q.log_prob(u)
+
+  def diagnose(self, x, report, *, seed):
+    """Adds this layer's health figures to `report` (its base's too: residual blocks' via
+    `diagnose`) for one draw `u ~ q(u | h)`; returns the latent-side `z`.
+
+    `report[name]["u_gap"]`: the batch mean of `log q(u | h) - log p(u | z)`.
+    """
+    h = self.base.diagnose(x, report)
+    q = self.q_u(h)
+    u = q.sample(seed=seed)
+    z = self.affine().inverse(h, u=u)
+    gap = q.log_prob(u) - self.p_u(z).log_prob(u)
+    report.setdefault(self.name, {})["u_gap"] = tf.reduce_mean(gap)
+    return z
 
   def generate(self, z, *, seed, training=False):
     """Latent to data for a batch `z`: draws `u ~ p(u | z)`; returns `(x, u)`."""

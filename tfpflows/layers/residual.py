@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 
 from tfpflows import bijectors
 from tfpflows.bijectors.logdet import LogDetEstimator
+from tfpflows.layers import seeds
 from tfpflows.layers.base import BijectorLayer, check_placement
 
 __all__ = ["ResidualLayer", "EXACT_MAX_DIMS"]
@@ -66,7 +67,7 @@ class ResidualLayer(BijectorLayer):
 
   def _next_seed(self, training):
     generator = self.seed_generator if training else self.eval_seed_generator
-    return tf.cast(generator.next(), tf.int32)
+    return seeds.next_seed(generator)
 
   def bijector(self, training=False, logdet=None):
     """The block from the current weights, placed (`Invert`ed for `placement="sample"`)."""

@@ -34,7 +34,8 @@ def _base_layer(name, k, d, *, hidden, seed):
   return L.ChainLayer(steps)
 
 
-def cif_flow(name, event_shape, *, num_steps, hidden, seed, u_dim, cif_hidden, spec):
+def cif_flow(name, event_shape, *, num_steps, hidden, seed, u_dim, cif_hidden, spec,
+             default_num_samples=None):
   """A `CIFModel` of `num_steps` CIF layers (see `build_flow`)."""
   if len(event_shape) != 1:
     raise ValueError(f"{name}: image events are not supported yet; expected [D], got "
@@ -44,4 +45,5 @@ def cif_flow(name, event_shape, *, num_steps, hidden, seed, u_dim, cif_hidden, s
                          u_dim=u_dim, hidden=cif_hidden, seed=seed + 7 * k + 1,
                          name=f"cif_{k}")
                 for k in range(num_steps)]
-  return CIFModel(cif_layers, (d,), spec=spec, name=name.replace("-", "_"))
+  return CIFModel(cif_layers, (d,), spec=spec, default_num_samples=default_num_samples,
+                  name=name.replace("-", "_"))

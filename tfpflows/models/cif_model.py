@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfpflows.models.flow_model import _checked_sample_args, warm_up_layers
+from tfpflows.models.flow_model import (_checked_sample_args, check_finite_batch,
+                                        check_weights_allowed, warm_up_layers)
 
 tfd = tfp.distributions
 
@@ -40,6 +41,19 @@ DEFAULT_NUM_SAMPLES = {"vector": 100, "image": 10}
 
 
 def _check_num_samples(value, owner):
+  """`K` as a Python int (checked: ValueError) or, for a tensor, an int32 tensor with a
+  graph assertion `K >= 1` (InvalidArgumentError, kept in SavedModels)."""
+  if tf.is_tensor(value):
+    if not value.dtype.is_integer:
+      raise ValueError(f"{owner}: num_samples must be a positive integer; got a "
+                       f"{value.dtype.name} tensor")
+    if not tf.is_symbolic_tensor(value):
+      return _check_num_samples(int(value), owner)
+    value = tf.cast(value, tf.int32)
+    check = tf.debugging.assert_positive(
+        value, message=f"{owner}: num_samples must be a positive integer")
+    with tf.control_dependencies([check]):
+      return tf.identity(value)
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{owner}: num_samples must be a positive integer; got {value!r}")
   return int(value)
@@ -54,16 +68,23 @@ class CIFModel(keras.Model):
   * `log_prob(x, num_samples=K)`: `log (1/K sum_k w_k)`, `[batch]`; `K` defaults to
     `default_num_samples` (100 for vectors, 10 for images, the reference code's).
   * `sample(n, temperature)`: exact ancestral samples (`temperature` scales the base).
+  * `encode(x)` / `decode(z)`: data to base latent `z_L` with `u ~ q(u | x)`, and base
+    latent to data with `u ~ p(u | z)` (one draw each; `decode(z)` of `z ~ N(0, I)` is an
+    exact sample).
+  * `diagnostics(x)`: health figures (per layer the gap `log q(u|h) - log p(u|z)`, the
+    importance weights' effective sample size, residual blocks' figures).
   * `fit`: the loss is `-mean ELBO` (`train_num_samples = 1`), or the `K`-sample bound
-    `-mean log p_K(x)` for `train_num_samples = K > 1`; metric `elbo` in training and, at
-    evaluation (`evaluate`, validation), also `log_prob` (the `default_num_samples`
-    estimate) and, for images, `bits_per_dim` from it.
+    `-mean log p_K(x)` for `train_num_samples = K > 1`. Metrics: `elbo` (the mean
+    `log w`) and `nll`, the negative bound: `-ELBO` in training with `K = 1`, and at
+    evaluation (`evaluate`, validation) `-log_prob(x)` with `default_num_samples`; for
+    images also `bits_per_dim` from it.
 
   Args:
     cif_layers: `layers.CIFLayer`s, data side first.
     event_shape: `[D]` or `[H, W, C]`.
     train_num_samples: `K` of the training bound (1: the ELBO).
-    default_num_samples: `K` of `log_prob` and evaluation (None: 100 / 10).
+    default_num_samples: `K` of `log_prob`, evaluation and the SavedModel's `log_prob`
+      (None: 100 for vectors, 10 for images).
     spec: the `build_flow` arguments, for `get_config`.
   """
 
@@ -81,7 +102,7 @@ class CIFModel(keras.Model):
     self.default_num_samples = _check_num_samples(default_num_samples, "CIFModel")
     self._spec = dict(spec or {})
     self.elbo_tracker = keras.metrics.Mean(name="elbo")
-    self.log_prob_tracker = keras.metrics.Mean(name="log_prob")
+    self.nll_tracker = keras.metrics.Mean(name="nll")
     self.bpd_tracker = keras.metrics.Mean(name="bits_per_dim") if self.is_image else None
     self.sample_seed_generator = keras.random.SeedGenerator(
         None if not self._spec else int(self._spec.get("seed", 0)) + 15485863,
@@ -140,7 +161,7 @@ class CIFModel(keras.Model):
     """`log w_k = log p(x, u_k) - log q(u_k | x)` for `K` draws `u_k ~ q`: `[K, batch]`."""
     x = self._checked(x, "log_weights")
     k = _check_num_samples(num_samples, "log_weights")
-    tiled = tf.reshape(tf.tile(x[None], [k] + [1] * x.shape.rank),
+    tiled = tf.reshape(tf.tile(x[None], tf.concat([[k], tf.ones([x.shape.rank], tf.int32)], 0)),
                        tf.concat([[-1], self.event_shape], 0))
     log_joint, log_q, _ = self._pass(tiled, training=training, seed=seed)
     return tf.reshape(log_joint - log_q, [k, -1])
@@ -174,6 +195,54 @@ class CIFModel(keras.Model):
       z, _ = layer.generate(z, seed=layer_seed)
     return z
 
+  @property
+  def latent_shape(self):
+    """Shape of the base latent `z_L` (`encode`'s output): the data's shape."""
+    return self.event_shape
+
+  def encode(self, x, *, seed=None):
+    """`z_L` of data `x` `[batch, *event_shape]`, one draw `u_l ~ q(u | h_l)` per layer."""
+    x = self._checked(x, "encode")
+    seeds = self._seeds(seed, False)
+    for layer, layer_seed in zip(self.cif_layers, seeds):
+      x = layer.infer(x, seed=layer_seed)[0]
+    return x
+
+  def decode(self, z, *, seed=None):
+    """Data from base latents `z` `[batch, *event_shape]`, one draw `u_l ~ p(u | z_l)` per
+    layer (for `z ~ N(0, T^2 I)`, exact samples at temperature `T`)."""
+    z = self._checked(z, "decode")
+    if seed is None:
+      seed = tf.cast(self.sample_seed_generator.next(), tf.int32)
+    for layer, layer_seed in zip(reversed(self.cif_layers),
+                                 tf.unstack(tfp.random.split_seed(seed, len(self.cif_layers)))):
+      z, _ = layer.generate(z, seed=layer_seed)
+    return z
+
+  def diagnostics(self, x, num_samples=None):
+    """Health figures on a data batch `x`, a flat dict of floats (evaluation seeds).
+
+    * `"<layer>/u_gap"`: the batch mean of `log q(u | h) - log p(u | z)` for one draw
+      `u ~ q` (its expectation is the KL-like gap that layer's index costs the ELBO; large
+      and growing means `p(u | z)` cannot follow `q`).
+    * `"<layer>/<block figure>"`: a residual base's figures (`ResidualLayer.diagnose`).
+    * `"ess"` and `"ess_fraction"`: the effective sample size `(sum w)^2 / sum w^2` of the
+      `K = num_samples` (default `default_num_samples`) importance weights, batch mean,
+      and it divided by `K` (1 when `q(u | x)` is the exact posterior).
+    """
+    x = self._checked(x, "diagnostics")
+    report = {}
+    h = x
+    for layer in self.cif_layers:
+      h = layer.diagnose(h, report, seed=layer.next_seed(False))
+    k = self.default_num_samples if num_samples is None else num_samples
+    ess = self.importance_diagnostics(x, k)["ess"]
+    out = {f"{name}/{key}": float(keras.ops.convert_to_numpy(value))
+           for name, entries in report.items() for key, value in entries.items()}
+    out["ess"] = float(tf.reduce_mean(ess))
+    out["ess_fraction"] = out["ess"] / int(k)
+    return out
+
   def bits_per_dim(self, log_prob):
     return -log_prob / (self.num_dims * math.log(2.))
 
@@ -182,9 +251,37 @@ class CIFModel(keras.Model):
   def initialize(self, x):
     """Data-dependent initialisation of the base maps' ActNorms and residual blocks'
     spectral-norm warm-up, data side first, as `FlowModel.initialize` (the indexed affine
-    maps are identities before training, so `h` of one layer is the next one's input)."""
+    maps are identities before training, so `h` of one layer is the next one's input).
+
+    `x` is a batch `[B, *event_shape]` or a per-replica value from a distributed dataset
+    (each ActNorm then uses the global batch's statistics).
+
+    Raises:
+      ValueError: (one line) a batch of the wrong shape, of fewer than 2 values per
+        channel, or holding NaN or Inf (nothing is initialised then).
+    """
+    if isinstance(x, tf.distribute.DistributedValues):
+      strategy = self.distribute_strategy
+      parts = strategy.experimental_local_results(x)
+      for part in parts:
+        self._checked(part, "initialize")
+        check_finite_batch(part)
+      self._check_init_batch(sum(int(p.shape[0]) for p in parts))
+      warm_up_layers(self)
+      strategy.run(self._data_init, args=(x,))
+      return
     x = self._checked(x, "initialize")
+    self._check_init_batch(int(x.shape[0]))
+    check_finite_batch(x)
     warm_up_layers(self)
+    self._data_init(x)
+
+  def _check_init_batch(self, batch):
+    if batch * int(np.prod(self.event_shape[:-1])) < 2:
+      raise ValueError(f"initialize: a batch of {batch} is too small to initialise ActNorm; "
+                       f"expected at least 2 examples")
+
+  def _data_init(self, x):
     for layer in self.cif_layers:
       x = layer.base.data_init(x)
 
@@ -200,6 +297,7 @@ class CIFModel(keras.Model):
     del x, y, training
     objective = _iw_bound(y_pred)
     if sample_weight is not None:
+      check_weights_allowed(self)
       objective = objective * tf.reshape(tf.cast(sample_weight, objective.dtype),
                                          tf.shape(objective))
     loss = -tf.reduce_mean(objective)
@@ -210,7 +308,7 @@ class CIFModel(keras.Model):
     del x, y
     self.elbo_tracker.update_state(tf.reduce_mean(y_pred, 0), sample_weight=sample_weight)
     log_p = _iw_bound(y_pred)
-    self.log_prob_tracker.update_state(log_p, sample_weight=sample_weight)
+    self.nll_tracker.update_state(-log_p, sample_weight=sample_weight)
     if self.bpd_tracker is not None:
       self.bpd_tracker.update_state(self.bits_per_dim(log_p), sample_weight=sample_weight)
     return self.get_metrics_result()

@@ -269,7 +269,7 @@ class FlowModel(keras.Model):
       batch = sum(int(p.shape[0]) for p in parts)
       self._check_init_batch(parts[0].shape[1:], batch)
       for part in parts:
-        _check_finite_batch(part)
+        check_finite_batch(part)
       self._warm_up()
       strategy.run(self._data_init, args=(y,))
       return
@@ -278,7 +278,7 @@ class FlowModel(keras.Model):
       raise ValueError(f"initialize: expected a batch of shape [batch, "
                        f"{', '.join(map(str, self.event_shape))}]; got shape {y.shape.as_list()}")
     self._check_init_batch(y.shape[1:], int(y.shape[0]))
-    _check_finite_batch(y)
+    check_finite_batch(y)
     self._warm_up()
     self._data_init(y)
 
@@ -311,7 +311,7 @@ class FlowModel(keras.Model):
       raise ValueError("class_weight: flows have no classes; expected None, got a dict "
                        "(use sample_weight)")
     if kwargs.get("sample_weight") is not None:
-      self._check_weights_allowed()
+      check_weights_allowed(self)
       if not args and kwargs.get("y") is None and not isinstance(x, tf.data.Dataset):
         kwargs["y"] = np.zeros([len(kwargs["sample_weight"])], np.float32)
     if isinstance(x, tf.data.Dataset):
@@ -352,18 +352,6 @@ class FlowModel(keras.Model):
 
   # -- training ------------------------------------------------------------------------
 
-  def _uniform_weights_only(self):
-    """Names of layers whose gradient assumes equal example weights (Neumann gradient)."""
-    return [l.name for l in self._flatten_layers(recursive=True)
-            if getattr(getattr(l, "train_logdet", None), "neumann_gradient", False)]
-
-  def _check_weights_allowed(self):
-    blocked = self._uniform_weights_only()
-    if blocked:
-      raise ValueError(f"sample_weight: {self.name} uses the Neumann log-det gradient "
-                       f"({blocked[0]}), which assumes equal example weights; expected no "
-                       f"sample_weight for this model, got one")
-
   def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
     """Mean negative log-likelihood, scaled for the replicas of a distribution strategy.
 
@@ -375,7 +363,7 @@ class FlowModel(keras.Model):
     del x, y, training
     nll = -y_pred
     if sample_weight is not None:
-      self._check_weights_allowed()
+      check_weights_allowed(self)
       weight = tf.reshape(tf.cast(sample_weight, nll.dtype), tf.shape(nll))
       with tf.control_dependencies([tf.debugging.assert_greater_equal(
           weight, tf.zeros([], weight.dtype),
@@ -414,6 +402,17 @@ class FlowModel(keras.Model):
     return build_flow(**config)
 
 
+def check_weights_allowed(model):
+  """ValueError (one line) if some layer's gradient assumes equal example weights (Residual
+  Flows' Neumann log-det gradient), for a loss given `sample_weight`."""
+  blocked = [l.name for l in model._flatten_layers(recursive=True)  # pylint: disable=protected-access
+             if getattr(getattr(l, "train_logdet", None), "neumann_gradient", False)]
+  if blocked:
+    raise ValueError(f"sample_weight: {model.name} uses the Neumann log-det gradient "
+                     f"({blocked[0]}), which assumes equal example weights; expected no "
+                     f"sample_weight for this model, got one")
+
+
 def warm_up_layers(model):
   """Calls `warm_up()` of every layer under `model` that has one (residual blocks)."""
   for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
@@ -421,7 +420,7 @@ def warm_up_layers(model):
       layer.warm_up()
 
 
-def _check_finite_batch(y):
+def check_finite_batch(y):
   bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(y), tf.int32)))
   if bad:
     raise ValueError(f"initialize: expected a batch of finite values; got {bad} NaN or "
