@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfpflows import data as flow_data  # noqa: E402
+from tfpflows import plotting  # noqa: E402
 from tfpflows.models import build_flow  # noqa: E402
 
 ENTROPY = {"two_uniforms": math.log(2.), "checkerboard": math.log(8.)}
@@ -103,6 +104,24 @@ def test_nll(model, x, cif):
   return float(nll.mean()), float(nll.std() / math.sqrt(len(nll)))
 
 
+def _chunked(fn, size=1000):
+  return lambda g: np.concatenate([np.asarray(fn(g[i:i + size])) for i in range(0, len(g), size)])
+
+
+def plot(path, tname, trained, x_test):
+  """Test data, then each trained model's density (CIF's by K = 100) on one grid."""
+  def data_density(g, bins=100):   # the test points' histogram on the plot's own grid
+    (x0, x1), (y0, y1) = bounds
+    hist, _, _ = np.histogram2d(x_test[:, 1], x_test[:, 0], bins=bins, range=((y0, y1), (x0, x1)))
+    return np.log(hist.reshape(-1) + 1e-12)
+  bounds = ((-2.5, 2.5), (-2.5, 2.5)) if tname == "two_uniforms" else plotting.bounds_2d(x_test)
+  fns, titles = [data_density], [f"{tname}: test data"]
+  for system, (model, is_cif, nll) in trained.items():
+    fns.append(_chunked(lambda g, m=model, c=is_cif: m.log_prob(g, 100) if c else m.log_prob(g)))
+    titles.append(f"{system}: test NLL {nll:.3f}" + (" (K=100)" if is_cif else ""))
+  return plotting.plot_density_panels(fns, path, titles=titles, bounds=bounds, grid_size=100)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--targets", default="two_uniforms,checkerboard")
@@ -112,6 +131,7 @@ def main(argv=None):
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--resflow-steps", type=int, default=4)
   p.add_argument("--resflow-hidden", type=int, default=32)
+  p.add_argument("--plot", default=None, help="folder for cif_<target>.png (seed 0's models)")
   p.add_argument("--quick", action="store_true", help="1 seed, 15 s, two_uniforms, realnvp")
   args = p.parse_args(argv)
   if args.quick:
@@ -121,6 +141,7 @@ def main(argv=None):
         f"tf={tf.__version__} keras={keras.__version__}", flush=True)
   results = {}
   for tname in args.targets.split(","):
+    trained = {}
     for pair in args.pairs.split(","):
       for seed in range(args.seeds):
         x_train = sample_target(tname, 50_000, seed)
@@ -139,6 +160,12 @@ def main(argv=None):
           results.setdefault((tname, system), []).append((gap, se, steps_s))
           print(f"run {tname:12s} {system:12s} seed={seed} test_nll={nll:.4f} +- {se:.4f} "
                 f"gap={gap:.4f} steps/s={steps_s:.1f} params={_params(model)}", flush=True)
+          if seed == 0:
+            trained[system] = (model, is_cif, nll)
+    if args.plot:
+      os.makedirs(args.plot, exist_ok=True)
+      print("plot", plot(os.path.join(args.plot, f"cif_{tname}.png"), tname, trained,
+                         sample_target(tname, 10_000, 1000)), flush=True)
   print("# summary: gap = test NLL - entropy, mean over seeds +- the seeds' standard error")
   ratios = {}
   for (tname, system), rs in sorted(results.items()):

@@ -225,7 +225,7 @@ def test_training_resumes_exactly_with_evaluation_between(tmp_path):
 
   def new():
     keras.utils.set_random_seed(0)
-    model = build_flow("cif-resflow", [2], num_steps=1, hidden=8, seed=3)
+    model = build_flow("cif-realnvp", [2], num_steps=2, hidden=8, seed=3)
     model.initialize(next(iter(flow.train_from(0))))
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     return model

@@ -138,7 +138,7 @@ def test_residual_and_simple_flows_in_the_trainer(tmp_path, model, kind):
     assert not diagnostics
 
 
-@pytest.mark.parametrize("model,kind", [("cif-realnvp", "toy"), ("cif-resflow", "npy_vectors")])
+@pytest.mark.parametrize("model,kind", [("cif-resflow", "toy"), ("cif-realnvp", "npy_vectors")])
 def test_cif_models_in_the_trainer(tmp_path, model, kind):
   """CIF on a toy density and on .npy vectors: trained, evaluated by the K-sample estimate
   (--num_importance_samples), exported, plotted, with its health figures logged."""

@@ -78,11 +78,18 @@ def plot_density_pair(target_log_prob_fn, model_log_prob_fn, path, *, bounds=Non
   Each panel is normalised to its own maximum, so an unnormalised target (VI) compares
   directly with the fitted density.
   """
+  return plot_density_panels((target_log_prob_fn, model_log_prob_fn), path, bounds=bounds,
+                             grid_size=grid_size, titles=titles)
+
+
+def plot_density_panels(log_prob_fns, path, *, titles, bounds=None, grid_size=200):
+  """Heatmaps of `exp(log p)` of each function in a row, on one grid, each normalised to
+  its own maximum (e.g. a flow beside its CIF, or a target beside a fit)."""
   bounds = bounds if bounds is not None else DEFAULT_BOUNDS
   (x0, x1), (y0, y1) = bounds
   grid = _grid(bounds, grid_size)
-  fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-  for ax, fn, title in zip(axes, (target_log_prob_fn, model_log_prob_fn), titles):
+  fig, axes = plt.subplots(1, len(log_prob_fns), figsize=(5 * len(log_prob_fns), 5))
+  for ax, fn, title in zip(np.atleast_1d(axes), log_prob_fns, titles):
     log_p = _numpy(fn(grid)).reshape(grid_size, grid_size).astype(np.float64)
     log_p = np.where(np.isfinite(log_p), log_p, -np.inf)
     ax.imshow(np.exp(log_p - np.max(log_p)), origin="lower", extent=(x0, x1, y0, y1),
