@@ -34,6 +34,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/glow_throughput.py
 	$(PY) bench/resflow_bench.py
 	$(PY) bench/vi_bench.py
+	$(PY) bench/cif_bench.py --plot bench/out
 
 clean:
 	rm -rf demo_out .pytest_cache
