@@ -251,7 +251,7 @@ class CIFModel(keras.Model):
   def initialize(self, x):
     """Data-dependent initialisation of the base maps' ActNorms and residual blocks'
     spectral-norm warm-up, data side first, as `FlowModel.initialize` (the indexed affine
-    maps are identities before training, so `h` of one layer is the next one's input).
+    maps start near the identity, so each layer's `h` stands in for the next one's input).
 
     `x` is a batch `[B, *event_shape]` or a per-replica value from a distributed dataset
     (each ActNorm then uses the global batch's statistics).
