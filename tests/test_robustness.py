@@ -34,10 +34,6 @@ CONFIGS = {
     "resflow_npy_images": (["--model=resflow", "--dataset={images}", "--num_levels=1",
                             "--steps=36", "--batch_size=8", "--eval_every=12",
                             "--checkpoint_every=6", "--num_steps=1", "--hidden=8"], 6),
-    # A residual model on a toy density.
-    "resflow_checkerboard": (["--model=resflow", "--dataset=checkerboard", "--steps=30",
-                              "--batch_size=32", "--eval_every=12", "--checkpoint_every=5",
-                              "--num_steps=1", "--hidden=8"], 5),
 }
 
 
@@ -116,9 +112,11 @@ def reference(images, tmp_path_factory):
   return get
 
 
-# (config, signal); SIGKILL for every config, SIGTERM and SIGINT for one each.
+# (config, signal); SIGKILL for every config, SIGTERM and SIGINT for one each. (The
+# residual model's resume on a toy density adds nothing its image run does not cover,
+# beyond two more trainer processes: the suite's time budget left it out.)
 CRASHES = [("realnvp_moons", signal.SIGKILL), ("glow_npy_images", signal.SIGKILL),
-           ("resflow_npy_images", signal.SIGKILL), ("resflow_checkerboard", signal.SIGKILL),
+           ("resflow_npy_images", signal.SIGKILL),
            ("realnvp_moons", signal.SIGTERM), ("glow_npy_images", signal.SIGINT)]
 
 

@@ -41,9 +41,18 @@ References:
 """
 
 import functools
+import weakref
 
 import keras
 import tensorflow as tf
+
+# layer -> its power iteration as a `tf.function`, for eager calls (`_power_iteration`).
+_EAGER_ITERATION = weakref.WeakKeyDictionary()
+
+
+def _iterate_weakly(layer_ref, kernel, u, v, n):
+  return layer_ref()._iterate_loop(kernel, u, v, n)  # pylint: disable=protected-access
+
 
 _SERIALIZABLE = keras.saving.register_keras_serializable(package="tfpflows")
 
@@ -129,10 +138,25 @@ class _SpectralNormBase(keras.layers.Layer):
     With `tolerance`, stops once both unit vectors change by less than `tolerance` in a step
     (Euclidean norm; stricter than Residual Flows' per-entry root-mean-square test, which
     for a convolution's vectors of `H W C` entries is loose).
+
+    Executing eagerly, the loop runs as one graph, traced once per layer (and per argument
+    shapes), not as one Python round trip per step: eager start-up (the warm-up, data
+    initialisation, plots, diagnostics) would otherwise spend seconds here.
     """
     kernel = tf.stop_gradient(self._iteration_kernel(kernel))
     if n == 0:
       return u, v
+    if tf.executing_eagerly():
+      compiled = _EAGER_ITERATION.get(self)
+      if compiled is None:
+        # A weak reference (a bound method would keep the layer alive), in a partial: TF
+        # counts traces per code object, and one trace per layer is not "retracing".
+        compiled = _EAGER_ITERATION[self] = tf.function(
+            functools.partial(_iterate_weakly, weakref.ref(self)), autograph=False)
+      return compiled(kernel, u, v, tf.constant(n, tf.int32))
+    return self._iterate_loop(kernel, u, v, n)
+
+  def _iterate_loop(self, kernel, u, v, n):
     tol = self.tolerance
 
     def body(i, _, u, v):

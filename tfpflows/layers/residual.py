@@ -99,7 +99,7 @@ class ResidualLayer(BijectorLayer):
     """
     update = getattr(self.network, "update_vectors", None)
     if callable(update):
-      tf.function(lambda: update(WARMUP_ITERATIONS))()
+      tf.function(lambda: update(WARMUP_ITERATIONS), autograph=False)()
 
   def lipschitz_bound(self):
     """Upper bound on `Lip(g)` (product of the normalised layer norms), or None."""

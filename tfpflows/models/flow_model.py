@@ -175,7 +175,7 @@ class FlowModel(keras.Model):
       return fn
     cache = self.__dict__.setdefault("_eager_graphs", {})
     if name not in cache:
-      cache[name] = tf.function(fn, reduce_retracing=True)
+      cache[name] = tf.function(fn, reduce_retracing=True, autograph=False)
     return cache[name]
 
   def _per_event(self, name, method, fn, y, shape=None):
