@@ -422,3 +422,27 @@ def test_save_and_reload_keras_format(tmp_path):
   loaded = keras.models.load_model(path)
   np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-7)
   assert len(loaded.weights) == len(model.weights)
+
+
+def test_eager_power_iteration_is_compiled_per_layer_and_held_weakly(caplog):
+  """Eagerly, the power iteration runs as one graph per layer: the same vectors as in a
+  `tf.function`, no retracing warning for many layers, and no reference keeping a layer."""
+  import gc  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import weakref  # pylint: disable=g-import-not-at-top
+  layers = [make_layer("dense", 3.0, seed=s)[0] for s in range(7)]
+  start = [(l.u.numpy(), l.v.numpy()) for l in layers]
+  with caplog.at_level(logging.WARNING, logger="tensorflow"):
+    eager = [float(l.update_vectors(50)) for l in layers]
+  assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+  assert all(l in lip._EAGER_ITERATION for l in layers)  # pylint: disable=protected-access
+  for layer, (u, v), sigma in zip(layers, start, eager):
+    eager_u = layer.u.numpy()
+    layer.u.assign(u)
+    layer.v.assign(v)
+    assert float(in_graph(layer.update_vectors, 50)) == pytest.approx(sigma, rel=1e-6)
+    np.testing.assert_allclose(layer.u.numpy(), eager_u, rtol=1e-5, atol=1e-6)
+  refs = [weakref.ref(l) for l in layers]
+  del layers, layer
+  gc.collect()
+  assert not any(r() is not None for r in refs)
