@@ -47,6 +47,7 @@ import keras
 import tensorflow as tf
 
 # layer -> its power iteration as a `tf.function`, for eager calls (`_power_iteration`).
+# Kept off the layer: a `tf.function` attribute would be tracked into SavedModels.
 _EAGER_ITERATION = weakref.WeakKeyDictionary()
 
 

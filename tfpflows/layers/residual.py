@@ -99,7 +99,7 @@ class ResidualLayer(BijectorLayer):
     """
     update = getattr(self.network, "update_vectors", None)
     if callable(update):
-      tf.function(lambda: update(WARMUP_ITERATIONS), autograph=False)()
+      update(WARMUP_ITERATIONS)   # (eagerly, each layer's loop runs as one compiled graph)
 
   def lipschitz_bound(self):
     """Upper bound on `Lip(g)` (product of the normalised layer norms), or None."""
