@@ -205,7 +205,6 @@ def test_eager_function_and_xla_agree():
     (lambda m: m.sample(3, temperature=0.), "temperature must be a finite number > 0"),
     (lambda m: m.joint_log_prob(np.zeros((2, 2), "float32"), []), "expected 1 indices u"),
     (lambda m: build_flow("cif-realnvp", [2], u_dim=0), "u_dim must be a positive integer"),
-    (lambda m: build_flow("cif-glow", [8, 8, 1]), "images are not supported yet"),
     (lambda m: build_flow("cif-resflow", [2], placement="sample"), "does not apply to cif"),
     (lambda m: build_flow("realnvp", [2], u_dim=2), "u_dim applies to the CIF models"),
 ])

@@ -138,19 +138,33 @@ def test_residual_and_simple_flows_in_the_trainer(tmp_path, model, kind):
     assert not diagnostics
 
 
-@pytest.mark.parametrize("model,kind", [("cif-resflow", "toy"), ("cif-realnvp", "npy_vectors")])
+@pytest.mark.parametrize("model,kind", [("cif-resflow", "toy"), ("cif-realnvp", "npy_vectors"),
+                                        ("cif-glow", "npy_images"), ("cif-realnvp", "tfds")])
 def test_cif_models_in_the_trainer(tmp_path, model, kind):
-  """CIF on a toy density and on .npy vectors: trained, evaluated by the K-sample estimate
-  (--num_importance_samples), exported, plotted, with its health figures logged."""
+  """CIF on a toy density, .npy vectors and images, and a TFDS image set: trained, evaluated
+  by the K-sample estimate (--num_importance_samples), exported, plotted, with its health
+  figures logged."""
   from trainers import train  # pylint: disable=g-import-not-at-top
   model_dir, export_dir = _dirs(tmp_path)
-  dataset = "rings" if kind == "toy" else _npy(
-      tmp_path, np.random.RandomState(0).randn(40, 2).astype("float32"))
-  config = train.Config(model=model, dataset=dataset, model_dir=model_dir,
-                        export_dir=export_dir, steps=4, eval_every=2, batch_size=8,
-                        num_steps=1, hidden=8, num_importance_samples=7)
-  result = train.run(config)
+  rng = np.random.RandomState(0)
+  dataset = {"toy": lambda: "rings", "tfds": lambda: "mnist",
+             "npy_vectors": lambda: _npy(tmp_path, rng.randn(40, 2).astype("float32")),
+             "npy_images": lambda: _npy(tmp_path, rng.randint(0, 256, (24, 8, 8, 1),
+                                                                np.uint8))}[kind]()
+  image = kind in ("tfds", "npy_images")
+  config = train.Config(model=model, dataset=dataset, data_dir=str(tmp_path / "tfds"),
+                        model_dir=model_dir, export_dir=export_dir, steps=4, eval_every=2,
+                        batch_size=8, num_levels=2 if image else None, num_steps=1, hidden=8,
+                        num_importance_samples=7)
+  if kind == "tfds":
+    with tfds.testing.mock_data(num_examples=16):
+      result = train.run(config)
+  else:
+    result = train.run(config)
   assert result["step"] == 4 and np.isfinite(result["metrics"]["nll"])
+  if image:
+    assert np.isfinite(result["metrics"]["bits_per_dim"])
+    assert result["plots"] == [os.path.join(model_dir, "samples.png")]
   served = tf.saved_model.load(export_dir)
   assert sorted(served.signatures) == ["decode", "elbo", "encode", "log_prob", "log_prob_k",
                                        "sample", "serving_default"]
@@ -168,7 +182,8 @@ def test_cif_flags_are_checked(tmp_path, capsys):
   model_dir, export_dir = _dirs(tmp_path)
   images = _npy(tmp_path, np.zeros((8, 8, 8, 1), np.uint8))
   cases = [
-      (["--model=cif-realnvp", f"--dataset={images}"], "images are not supported yet"),
+      (["--model=cif-realnvp", f"--dataset={images}", "--num_levels=4"],
+       "image size 8x8 is not divisible by 2**num_levels = 16"),
       (["--model=realnvp", "--dataset=moons", "--num_importance_samples=10"],
        "num_importance_samples applies to the CIF models"),
       (["--model=cif-realnvp", "--dataset=moons", "--num_importance_samples=0"],

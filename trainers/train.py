@@ -7,8 +7,9 @@ r"""Trains a flow on a 2D toy density, a .npy file or a TFDS image set, and expo
       --num_levels=2 --model_dir=/tmp/mnist --export_dir=/tmp/mnist_export
 
 --model is a flow of `tfpflows.models.NAMES` or a continuously indexed flow
-(cif-resflow, cif-realnvp, cif-glow; vectors), trained by its ELBO and evaluated by the
-importance-sampled estimate with --num_importance_samples draws (default 100).
+(cif-resflow, cif-realnvp, cif-glow; vectors and images), trained by its ELBO and evaluated
+by the importance-sampled estimate with --num_importance_samples draws (default 100 for
+vectors, 10 for images).
 
 --dataset is a toy density name, a path ending in .npy ([N, d] float vectors or
 [N, H, W, C] uint8 images), or a TFDS name. Training runs `model.fit` in epochs of

@@ -116,13 +116,18 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   `"iresnet"` (Behrmann et al. 2019: ELU, c = 0.9, 5-term power series). Evaluation uses
   the exact log-det for events of at most 16 entries, else a low-variance estimator.
 
-  CIF (`"cif-resflow"`, `"cif-realnvp"`, `"cif-glow"`; vectors only for now): a
-  `CIFModel` (Cornish et al. 2020) of `num_steps` CIF layers, each an ActNorm and one
-  step of the base family (a residual block; an affine coupling; a 1x1 convolution and
-  a coupling) indexed by its own `u` of dimension `u_dim` through `z = (h + t(u)) e^{s(u)}`,
-  with `p(u | z)`, `q(u | h)` and `(s, t)` MLPs of two hidden layers of 10 (the reference
-  code's 2D setting). Defaults: cif-resflow 10 layers, Lipschitz MLPs of 4 x 128, c = 0.9
-  (the reference's 2D ResFlow); cif-realnvp and cif-glow 4 layers, hidden 32.
+  CIF (`"cif-resflow"`, `"cif-realnvp"`, `"cif-glow"`): a `CIFModel` (Cornish et al. 2020)
+  of CIF layers, each an ActNorm and one step of the base family (a residual block; an
+  affine coupling; a 1x1 convolution and a coupling) indexed by its own `u` of dimension
+  `u_dim` through `z = (h + t(u)) e^{s(u)}`. Vectors: `num_steps` layers, `p(u | z)`,
+  `q(u | h)` and `(s, t)` MLPs of two hidden layers of 10 (the reference code's 2D
+  setting); defaults cif-resflow 10 layers, Lipschitz MLPs of 4 x 128, c = 0.9 (the
+  reference's 2D ResFlow), cif-realnvp and cif-glow 4 layers, hidden 32. Images: the
+  multi-scale architecture above with `num_steps` CIF layers per level, `u` one channel
+  (`u_dim`) per pixel at each scale and the three networks two 3x3 convolutions of 32;
+  defaults (`cif_flows.IMAGE_DEFAULTS`, the reference's `resflow-small` and its RealNVP
+  and Glow variants, Glow scaled down): cif-resflow 3 levels x 4 blocks of 128 channels,
+  cif-realnvp 3 x 4 couplings of 64, cif-glow 2 x 8 steps of 128.
 
   Planar, radial, Sylvester (`tfpflows.layers.simple_flows`): an ActNorm then `num_steps`
   maps on the (flattened) event, each with its exact log-det; inverses by closed form or
@@ -289,36 +294,54 @@ def _build_cif(name, event_shape, *, num_levels, num_steps, hidden, seed, permut
                placement, base_components, affine_scale, step_actnorm, u_dim,
                num_importance_samples):
   """`build_flow` for the CIF models: checks, defaults, the spec, then `cif_flows`."""
-  for arg, value, default in (("num_levels", num_levels, None), ("permutation", permutation,
-                              "lu"), ("placement", placement, "density"),
+  for arg, value, default in (("permutation", permutation, "lu"),
+                              ("placement", placement, "density"),
                               ("base_components", base_components, 1),
                               ("affine_scale", affine_scale, "sigmoid"),
                               ("step_actnorm", step_actnorm, True)):
     if value != default:
       raise ValueError(f"build_flow: {arg}={value!r} does not apply to {name}; expected "
                        f"the default {default!r}")
-  for arg, value in (("num_steps", num_steps), ("hidden", hidden), ("u_dim", u_dim),
-                     ("num_importance_samples", num_importance_samples)):
+  for arg, value in (("num_levels", num_levels), ("num_steps", num_steps), ("hidden", hidden),
+                     ("u_dim", u_dim), ("num_importance_samples", num_importance_samples)):
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
                               or value < 1):
       raise ValueError(f"build_flow: {arg} must be a positive integer; got {value!r}")
-  if (not isinstance(event_shape, (list, tuple)) or len(event_shape) != 1
-      or isinstance(event_shape[0], bool) or int(event_shape[0]) != event_shape[0]
-      or event_shape[0] < 2):
-    raise ValueError(f"build_flow: {name} takes vector events [D], D >= 2 (images are not "
-                     f"supported yet); got event_shape {event_shape!r}")
-  default_steps, default_hidden = cif_flows.DEFAULTS[name]
+  if (not isinstance(event_shape, (list, tuple)) or len(event_shape) not in (1, 3)
+      or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
+             for d in event_shape)):
+    raise ValueError(f"build_flow: {name} takes vector events [D] or images [H, W, C] of "
+                     f"positive integers; got event_shape {event_shape!r}")
+  event_shape = tuple(int(d) for d in event_shape)
+  image = len(event_shape) == 3
+  if image:
+    default_levels, default_steps, default_hidden = cif_flows.IMAGE_DEFAULTS[name]
+    num_levels = default_levels if num_levels is None else int(num_levels)
+    h, w, _ = event_shape
+    if h % 2 ** num_levels or w % 2 ** num_levels:
+      raise ValueError(f"build_flow: image size {h}x{w} is not divisible by 2**num_levels = "
+                       f"{2 ** num_levels} (num_levels={num_levels})")
+  else:
+    if num_levels not in (None, 1):
+      raise ValueError(f"build_flow: num_levels applies to images only; got {num_levels} "
+                       f"for vectors")
+    if event_shape[0] < 2:
+      raise ValueError(f"build_flow: {name} needs D >= 2 dimensions; got event_shape "
+                       f"{list(event_shape)}")
+    default_steps, default_hidden = cif_flows.DEFAULTS[name]
   num_steps = default_steps if num_steps is None else int(num_steps)
   hidden = default_hidden if hidden is None else int(hidden)
-  event_shape = (int(event_shape[0]),)
   spec = dict(name=name, event_shape=list(event_shape), num_steps=num_steps, hidden=hidden,
               seed=seed)
+  if image:
+    spec["num_levels"] = num_levels
   if u_dim != 1:
     spec["u_dim"] = int(u_dim)
   if num_importance_samples is not None:
     spec["num_importance_samples"] = int(num_importance_samples)
-  model = cif_flows.cif_flow(name, event_shape, num_steps=num_steps, hidden=hidden, seed=seed,
-                             u_dim=int(u_dim), cif_hidden=cif_flows.CIF_HIDDEN, spec=spec,
-                             default_num_samples=num_importance_samples)
+  model = cif_flows.cif_flow(
+      name, event_shape, num_steps=num_steps, hidden=hidden, seed=seed, u_dim=int(u_dim),
+      cif_hidden=cif_flows.IMAGE_CIF_HIDDEN if image else cif_flows.CIF_HIDDEN, spec=spec,
+      default_num_samples=num_importance_samples, num_levels=num_levels)
   model.build()
   return model

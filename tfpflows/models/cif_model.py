@@ -79,8 +79,15 @@ class CIFModel(keras.Model):
     evaluation (`evaluate`, validation) `-log_prob(x)` with `default_num_samples`; for
     images also `bits_per_dim` from it.
 
+  Images (`image=True`, pixel values in `[0, 256)`) are mapped to `x / 256 - 0.5` first, as
+  in `FlowModel` (its log-det, `-D log 256`, is in every density), and the model's stages
+  are multi-scale (`layers.cif_multiscale`: squeezes, CIF layers with one `u` channel per
+  pixel at each scale, factor-outs); the base latent keeps the data's shape.
+
   Args:
-    cif_layers: `layers.CIFLayer`s, data side first.
+    stages: the model's stages, data side first: `layers.CIFLayer`s (one index `u` each) and
+      the stages of `layers.cif_multiscale` (fixed maps, chains, factor-outs). `cif_layers`
+      lists the CIF layers among them, data side first (the order of `us`).
     event_shape: `[D]` or `[H, W, C]`.
     train_num_samples: `K` of the training bound (1: the ELBO).
     default_num_samples: `K` of `log_prob`, evaluation and the SavedModel's `log_prob`
@@ -88,11 +95,13 @@ class CIFModel(keras.Model):
     spec: the `build_flow` arguments, for `get_config`.
   """
 
-  def __init__(self, cif_layers, event_shape, *, train_num_samples=1, default_num_samples=None,
+  def __init__(self, stages, event_shape, *, train_num_samples=1, default_num_samples=None,
                image=False, spec=None, **kwargs):
     kwargs.setdefault("dtype", "float32")
     super().__init__(**kwargs)
-    self.cif_layers = list(cif_layers)
+    self.stages = list(stages)
+    if not self.cif_layers:
+      raise ValueError("CIFModel: expected at least one CIFLayer among the stages; got none")
     self.event_shape = tuple(int(d) for d in event_shape)
     self.is_image = bool(image)
     self.num_dims = int(np.prod(self.event_shape))
@@ -108,10 +117,17 @@ class CIFModel(keras.Model):
         None if not self._spec else int(self._spec.get("seed", 0)) + 15485863,
         name="sample_seed")
 
+  @property
+  def cif_layers(self):
+    """The CIF layers (`layers.CIFLayer`, one index `u_l` each), data side first."""
+    return [layer for stage in self.stages for layer in stage.indexed_layers()]
+
   def build(self, input_shape=None):
     del input_shape
-    for layer in self.cif_layers:
-      layer.build()
+    for stage in self.stages:
+      stage.build()
+    # One pass creates the weights of every network built on first use (factor-out priors).
+    self._pass(tf.zeros((1,) + self.event_shape), seed=tf.constant([0, 0], tf.int32))
     self.built = True
 
   # -- densities -----------------------------------------------------------------------
@@ -125,20 +141,45 @@ class CIFModel(keras.Model):
       return [layer.next_seed(training) for layer in self.cif_layers]
     return tf.unstack(tfp.random.split_seed(seed, len(self.cif_layers)))
 
-  def _pass(self, x, *, training=False, seed=None, us=None):
-    """Data to latent through every layer: `(log p(x, u), log q(u | x), [u_l])`, `[batch]`."""
-    log_joint = tf.zeros(tf.shape(x)[:1], x.dtype)
+  def _seed_map(self, seed, training):
+    return dict(zip(self.cif_layers, self._seeds(seed, training)))
+
+  def _to_unit(self, x):
+    """Pixels `[0, 256)` to `x / 256 - 0.5` for images; `(y, log|det|)`, the log-det a
+    Python float (`-D log 256`), 0 for vectors."""
+    if not self.is_image:
+      return x, 0.
+    return x / 256. - 0.5, -self.num_dims * math.log(256.)
+
+  def _from_unit(self, y):
+    return (y + 0.5) * 256. if self.is_image else y
+
+  def _infer(self, x, *, seeds=None, us=None, training=False):
+    """Data to base latent through every stage: `(z, log_joint, log_q, drawn)`."""
+    x, log_det = self._to_unit(x)
+    log_joint = tf.fill(tf.shape(x)[:1], tf.cast(log_det, x.dtype))
     log_q = tf.zeros_like(log_joint)
-    drawn = []
-    # Given indices need no seeds (and leave the layers' seed streams where they are).
-    seeds = self._seeds(seed, training) if us is None else [None] * len(self.cif_layers)
-    for k, (layer, layer_seed) in enumerate(zip(self.cif_layers, seeds)):
-      x, u, lj, lq = layer.infer(x, seed=layer_seed, training=training,
-                                 u=None if us is None else us[k])
+    drawn = {}
+    for stage in self.stages:
+      x, lj, lq, d = stage.infer_stage(x, seeds=seeds, us=us, training=training)
       log_joint += lj
       log_q += lq
-      drawn.append(u)
-    return log_joint + self._base().log_prob(x), log_q, drawn
+      drawn.update(d)
+    return x, log_joint, log_q, drawn
+
+  def _generate(self, z, seeds):
+    for stage in reversed(self.stages):
+      z = stage.generate_stage(z, seeds=seeds)
+    return self._from_unit(z)
+
+  def _pass(self, x, *, training=False, seed=None, us=None):
+    """Data to latent through every stage: `(log p(x, u), log q(u | x), [u_l])`, `[batch]`."""
+    # Given indices need no seeds (and leave the layers' seed streams where they are).
+    seeds = self._seed_map(seed, training) if us is None else None
+    us = None if us is None else dict(zip(self.cif_layers, us))
+    z, log_joint, log_q, drawn = self._infer(x, seeds=seeds, us=us, training=training)
+    return (log_joint + self._base().log_prob(z), log_q,
+            [drawn[layer] for layer in self.cif_layers])
 
   def _checked(self, x, method):
     x = tf.convert_to_tensor(x, tf.float32)
@@ -191,9 +232,7 @@ class CIFModel(keras.Model):
       seed = tf.cast(self.sample_seed_generator.next(), tf.int32)
     seeds = tf.unstack(tfp.random.split_seed(seed, len(self.cif_layers) + 1))
     z = self._base(temperature).sample(n, seed=seeds[-1])
-    for layer, layer_seed in zip(reversed(self.cif_layers), seeds[:-1]):
-      z, _ = layer.generate(z, seed=layer_seed)
-    return z
+    return self._generate(z, dict(zip(reversed(self.cif_layers), seeds[:-1])))
 
   @property
   def latent_shape(self):
@@ -203,10 +242,7 @@ class CIFModel(keras.Model):
   def encode(self, x, *, seed=None):
     """`z_L` of data `x` `[batch, *event_shape]`, one draw `u_l ~ q(u | h_l)` per layer."""
     x = self._checked(x, "encode")
-    seeds = self._seeds(seed, False)
-    for layer, layer_seed in zip(self.cif_layers, seeds):
-      x = layer.infer(x, seed=layer_seed)[0]
-    return x
+    return self._infer(x, seeds=self._seed_map(seed, False))[0]
 
   def decode(self, z, *, seed=None):
     """Data from base latents `z` `[batch, *event_shape]`, one draw `u_l ~ p(u | z_l)` per
@@ -214,10 +250,8 @@ class CIFModel(keras.Model):
     z = self._checked(z, "decode")
     if seed is None:
       seed = tf.cast(self.sample_seed_generator.next(), tf.int32)
-    for layer, layer_seed in zip(reversed(self.cif_layers),
-                                 tf.unstack(tfp.random.split_seed(seed, len(self.cif_layers)))):
-      z, _ = layer.generate(z, seed=layer_seed)
-    return z
+    seeds = tf.unstack(tfp.random.split_seed(seed, len(self.cif_layers)))
+    return self._generate(z, dict(zip(reversed(self.cif_layers), seeds)))
 
   def diagnostics(self, x, num_samples=None):
     """Health figures on a data batch `x`, a flat dict of floats (evaluation seeds).
@@ -232,9 +266,10 @@ class CIFModel(keras.Model):
     """
     x = self._checked(x, "diagnostics")
     report = {}
-    h = x
-    for layer in self.cif_layers:
-      h = layer.diagnose(h, report, seed=layer.next_seed(False))
+    h, _ = self._to_unit(x)
+    seeds = {layer: layer.next_seed(False) for layer in self.cif_layers}
+    for stage in self.stages:
+      h = stage.diagnose_stage(h, report, seeds=seeds)
     k = self.default_num_samples if num_samples is None else num_samples
     ess = self.importance_diagnostics(x, k)["ess"]
     out = {f"{name}/{key}": float(keras.ops.convert_to_numpy(value))
@@ -282,8 +317,9 @@ class CIFModel(keras.Model):
                        f"expected at least 2 examples")
 
   def _data_init(self, x):
-    for layer in self.cif_layers:
-      x = layer.base.data_init(x)
+    x, _ = self._to_unit(x)
+    for stage in self.stages:
+      x = stage.data_init_stage(x)
 
   def call(self, x, training=None):
     """The log importance weights `[K, batch]`: `K = train_num_samples` in training, else
