@@ -145,6 +145,9 @@ def cli_argv(case, tmp):
 
 # --------------------------------------------------------------------------- Python API
 
+# One xdist worker for the module: the `models` fixture is then built once.
+pytestmark = pytest.mark.xdist_group("bad_input_models")
+
 
 @pytest.fixture(scope="module")
 def models():

@@ -46,6 +46,7 @@ def trained_image_model():
   return model, data
 
 
+@pytest.mark.xdist_group("trained_image_model")   # the module fixture, computed once
 def test_saved_model_serves_without_tfpflows(tmp_path, trained_image_model):
   model, data = trained_image_model
   export = tmp_path / "export"
@@ -66,6 +67,7 @@ def test_saved_model_serves_without_tfpflows(tmp_path, trained_image_model):
   assert out["fresh_draws"]
 
 
+@pytest.mark.xdist_group("trained_image_model")   # the module fixture, computed once
 def test_export_refuses_an_existing_directory_unless_overwrite(tmp_path, trained_image_model):
   model, _ = trained_image_model
   export = tmp_path / "export"
@@ -79,6 +81,7 @@ def test_export_refuses_an_existing_directory_unless_overwrite(tmp_path, trained
   assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
+@pytest.mark.xdist_group("trained_image_model")   # the module fixture, computed once
 def test_failed_export_leaves_nothing_behind(tmp_path, trained_image_model, monkeypatch):
   model, _ = trained_image_model
 

@@ -18,23 +18,32 @@ import tensorflow as tf
 
 from tests.test_trainer import REPO, _scalars
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+# Unbuffered: a killed run's output (its "resuming from" line) still reaches the test.
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 
-# name: (flags, checkpoint after which to interrupt, eval_every)
+# name: (flags, [(signal, checkpoint after which to send it), ...]): each run of a config is
+# interrupted in turn by the signals listed, then one more run finishes. SIGKILL for every
+# config; SIGTERM and SIGINT, which save a checkpoint and exit, first for one config each
+# (the runs resumed from their checkpoints are then killed).
 CONFIGS = {
     # A coupling model on a toy density: resumes mid-epoch (step 50 of epochs of 40).
     "realnvp_moons": (["--model=realnvp", "--dataset=moons", "--steps=160", "--batch_size=64",
                        "--eval_every=40", "--checkpoint_every=25", "--num_steps=2",
-                       "--hidden=16"], 50),
+                       "--hidden=16"], [(signal.SIGTERM, 50), (signal.SIGKILL, 100)]),
     # A coupling model on .npy images (dequantization noise, epochs of the file's rows).
     "glow_npy_images": (["--model=glow", "--dataset={images}", "--num_levels=1",
                          "--steps=48", "--batch_size=8", "--eval_every=16",
-                         "--checkpoint_every=10", "--num_steps=1", "--hidden=8"], 20),
+                         "--checkpoint_every=10", "--num_steps=1", "--hidden=8"],
+                        [(signal.SIGINT, 20), (signal.SIGKILL, 30)]),
     # A residual model on .npy images (roulette seeds, power iteration, fixed-point inverse).
     "resflow_npy_images": (["--model=resflow", "--dataset={images}", "--num_levels=1",
                             "--steps=36", "--batch_size=8", "--eval_every=12",
-                            "--checkpoint_every=6", "--num_steps=1", "--hidden=8"], 6),
+                            "--checkpoint_every=6", "--num_steps=1", "--hidden=8"],
+                           [(signal.SIGKILL, 6)]),
 }
+# Its uninterrupted reference run is made twice at once (two processes, same command), which
+# `test_same_command_in_parallel_gives_the_same_weights` compares.
+PARALLEL = "glow_npy_images"
 
 
 @pytest.fixture(scope="module")
@@ -99,67 +108,76 @@ def _total_steps(name):
 
 @pytest.fixture(scope="module")
 def reference(images, tmp_path_factory):
-  """Uninterrupted runs, one per config, computed on first use."""
+  """Uninterrupted runs, computed on first use: `reference(name)` is the final state of a
+  config's run, `reference.copies(name)` those of every copy (two for `PARALLEL`, run at
+  the same time)."""
   cache = {}
 
-  def get(name):
+  def copies(name):
     if name not in cache:
-      root = str(tmp_path_factory.mktemp(f"ref_{name}"))
-      result = _finish(_start(_flags(name, images, root)))
-      assert result.returncode == 0, result.stderr[-3000:]
-      cache[name] = _state(root, _total_steps(name))
+      roots = [str(tmp_path_factory.mktemp(f"ref_{name}"))
+               for _ in range(2 if name == PARALLEL else 1)]
+      results = [_finish(p) for p in [_start(_flags(name, images, root)) for root in roots]]
+      assert all(r.returncode == 0 for r in results), [r.stderr[-3000:] for r in results]
+      cache[name] = [_state(root, _total_steps(name)) for root in roots]
     return cache[name]
+
+  def get(name):
+    return copies(name)[0]
+  get.copies = copies
   return get
 
 
-# (config, signal); SIGKILL for every config, SIGTERM and SIGINT for one each. (The
-# residual model's resume on a toy density adds nothing its image run does not cover,
-# beyond two more trainer processes: the suite's time budget left it out.)
-CRASHES = [("realnvp_moons", signal.SIGKILL), ("glow_npy_images", signal.SIGKILL),
-           ("resflow_npy_images", signal.SIGKILL),
-           ("realnvp_moons", signal.SIGTERM), ("glow_npy_images", signal.SIGINT)]
+def _check_interrupted(proc, signum, after, checkpoints, root, name):
+  """The checks on a run stopped by `signum` once ckpt-`after` was saved; returns the
+  latest checkpoint and its step."""
+  latest = tf.train.latest_checkpoint(checkpoints)
+  step = int(latest.rsplit("-", 1)[1])
+  assert step < _total_steps(name)
+  if signum == signal.SIGKILL:
+    assert proc.returncode == -signal.SIGKILL
+    return latest, step
+  # One line: the step, the checkpoint written at that step, how to resume; 143 or 130.
+  assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last == (f"interrupted by {signal.Signals(signum).name} at step {step}: saved "
+                  f"{latest}; run the same command to resume"), proc.stderr[-3000:]
+  assert step >= after
+  assert not os.path.exists(os.path.join(root, "export"))
+  return latest, step
 
 
 # One xdist group per config (`make test` runs `--dist loadgroup`): the uninterrupted
-# reference run of a config is made once, on the worker that runs all of its crash tests.
-@pytest.mark.parametrize("name,signum", [
-    pytest.param(n, s, id=f"{n}-{signal.Signals(s).name}", marks=pytest.mark.xdist_group(n))
-    for n, s in CRASHES])
-def test_interrupted_run_resumes_to_the_uninterrupted_weights(name, signum, images, reference,
+# reference run of a config is made once, on the worker that runs all of its tests.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, id="-".join([n] + [signal.Signals(s).name for s, _ in CONFIGS[n][1]]),
+                 marks=pytest.mark.xdist_group(n)) for n in CONFIGS])
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(name, images, reference,
                                                               tmp_path):
+  """Each run of the same command is interrupted in turn (SIGTERM or SIGINT, then SIGKILL
+  of the resumed run), then one more run finishes: its final checkpoint (weights and
+  optimizer state) equals the uninterrupted run's, and it exports."""
   root = str(tmp_path)
-  after = CONFIGS[name][1]
   checkpoints = os.path.join(root, "model", "checkpoints")
-  first = _interrupt_after(_start(_flags(name, images, root)), checkpoints, after, signum)
-  latest = tf.train.latest_checkpoint(checkpoints)
-  step = int(latest.rsplit("-", 1)[1])
-  if signum == signal.SIGKILL:
-    assert first.returncode == -signal.SIGKILL
-    assert step < _total_steps(name)
-  else:
-    # One line: the step, the checkpoint written at that step, how to resume; 143 or 130.
-    assert first.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], first.stderr
-    assert "Traceback" not in first.stderr, first.stderr[-3000:]
-    last = first.stderr.strip().splitlines()[-1]
-    assert last == (f"interrupted by {signal.Signals(signum).name} at step {step}: saved "
-                    f"{latest}; run the same command to resume"), first.stderr[-3000:]
-    assert step >= after and step < _total_steps(name)
-    assert not os.path.exists(os.path.join(root, "export"))
-  second = _finish(_start(_flags(name, images, root)))
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert f"resuming from {latest} (step {step})" in second.stdout
+  resumed_from = None
+  for signum, after in CONFIGS[name][1]:
+    proc = _interrupt_after(_start(_flags(name, images, root)), checkpoints, after, signum)
+    if resumed_from is not None:
+      assert "resuming from {} (step {})".format(*resumed_from) in proc.stdout, proc.stdout
+    resumed_from = _check_interrupted(proc, signum, after, checkpoints, root, name)
+  last = _finish(_start(_flags(name, images, root)))
+  assert last.returncode == 0, last.stderr[-3000:]
+  assert "resuming from {} (step {})".format(*resumed_from) in last.stdout
   _assert_same_state(_state(root, _total_steps(name)), reference(name))
   assert os.path.isfile(os.path.join(root, "export", "saved_model.pb"))
 
 
-def test_same_command_in_parallel_gives_the_same_weights(images, tmp_path):
+@pytest.mark.xdist_group(PARALLEL)
+def test_same_command_in_parallel_gives_the_same_weights(reference):
   """Two processes at once, same command: equal results (no shared or racing stream)."""
-  name = "glow_npy_images"
-  roots = [str(tmp_path / f"run{i}") for i in range(2)]
-  procs = [_start(_flags(name, images, root)) for root in roots]
-  results = [_finish(p) for p in procs]
-  assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
-  _assert_same_state(*[_state(root, _total_steps(name)) for root in roots])
+  first, second = reference.copies(PARALLEL)
+  _assert_same_state(first, second)
 
 
 def test_diverging_run_stops_loudly_and_keeps_the_last_finite_checkpoint(tmp_path):

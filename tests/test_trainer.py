@@ -49,6 +49,7 @@ def toy_run(tmp_path_factory):
               files_after_first=files_after_first)
 
 
+@pytest.mark.xdist_group("toy_run")   # the module fixture, computed once
 def test_toy_run_writes_checkpoint_export_plots_and_logs(toy_run):
   model_dir, export_dir = toy_run["model_dir"], toy_run["export_dir"]
   assert "ckpt-20.index" in toy_run["files_after_first"]
@@ -65,6 +66,7 @@ def test_toy_run_writes_checkpoint_export_plots_and_logs(toy_run):
   assert os.path.join(model_dir, "density.png") in stdout
 
 
+@pytest.mark.xdist_group("toy_run")   # the module fixture, computed once
 def test_toy_run_resumes_from_the_checkpoint(toy_run):
   second = toy_run["second"].stdout
   assert "resuming from" in second and "(step 20)" in second
@@ -240,6 +242,7 @@ def test_existing_export_dir_needs_overwrite(tmp_path):
   assert not os.path.exists(model_dir) and os.listdir(export_dir) == []
 
 
+@pytest.mark.xdist_group("toy_run")   # the module fixture, computed once
 def test_checkpoint_of_another_model_is_rejected(toy_run, tmp_path, capsys):
   before = sorted(os.listdir(toy_run["model_dir"]))
   result = _main_in_process(["--model=nice", "--dataset=moons", "--steps=40",
