@@ -8,6 +8,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfpflows import bijectors as B
+from tfpflows import layers as L
+from tfpflows.layers.cif import CIFLayer
 from tfpflows.models import CIFModel, build_flow
 from tests import bijector_checks as checks
 
@@ -206,6 +208,9 @@ def test_eager_function_and_xla_agree():
     (lambda m: m.joint_log_prob(np.zeros((2, 2), "float32"), []), "expected 1 indices u"),
     (lambda m: build_flow("cif-realnvp", [2], u_dim=0), "u_dim must be a positive integer"),
     (lambda m: build_flow("cif-resflow", [2], placement="sample"), "does not apply to cif"),
+    (lambda m: CIFLayer(tfb.Shift([1., 2.]), [2]), "base must be a BijectorLayer"),
+    (lambda m: CIFModel([CIFLayer(L.SqueezeLayer(), [4, 4, 1])], [4, 4, 1], image=True).build(),
+     r"the base flow cannot be indexed: it maps events of shape \[4, 4, 1\] to \[2, 2, 4\]"),
     (lambda m: build_flow("realnvp", [2], u_dim=2), "u_dim applies to the CIF models"),
 ])
 def test_bad_input_is_one_line(call, message):

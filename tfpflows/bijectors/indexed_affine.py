@@ -81,6 +81,13 @@ class IndexedAffine(tfb.Bijector):
     s, t = self._log_scale_and_shift(u, h)
     return (h + t) * tf.exp(s)
 
+  def inverse_and_log_det(self, h, *, u):
+    """`(inverse(h, u=u), inverse_log_det_jacobian(h, event_ndims, u=u))` from one call of
+    the network (the two methods call it once each; CIF's inference pass needs both)."""
+    h = tf.convert_to_tensor(h)
+    s, t = self._log_scale_and_shift(u, h)
+    return (h + t) * tf.exp(s), _shapes.sum_event(s, self._event_ndims)
+
   def _inverse_log_det_jacobian(self, h, u=None):
     s, _ = self._log_scale_and_shift(u, h)
     return _shapes.sum_event(s, self._event_ndims)

@@ -71,6 +71,10 @@ class CIFLayer(keras.layers.Layer):
 
   def __init__(self, base, event_shape, *, u_dim=1, hidden=(10, 10), seed=None, **kwargs):
     super().__init__(**kwargs)
+    if not callable(getattr(base, "bijector", None)) or not callable(
+        getattr(base, "data_init", None)):
+      raise ValueError(f"CIFLayer: base must be a BijectorLayer (a layer whose bijector() "
+                       f"builds the map f from its weights); got {type(base).__name__}")
     self.base = base
     self.event_shape = tuple(int(d) for d in event_shape)
     self.event_ndims = len(self.event_shape)
@@ -101,7 +105,13 @@ class CIFLayer(keras.layers.Layer):
   def build(self, input_shape=None):
     del input_shape
     x = tf.zeros((1,) + self.event_shape)
-    self.base.bijector().inverse(x)
+    f = self.base.bijector()
+    latent = tuple(f.inverse_event_shape(self.event_shape).as_list())
+    if latent != self.event_shape:
+      raise ValueError(f"CIFLayer {self.name}: the base flow cannot be indexed: it maps "
+                       f"events of shape {list(self.event_shape)} to {list(latent)}, and the "
+                       f"indexed affine map needs the same shape on both sides")
+    f.inverse(x)
     u = tf.zeros((1,) + self.u_shape)
     self.st_net(u), self.p_net(x), self.q_net(x)
     self.built = True
@@ -147,9 +157,8 @@ class CIFLayer(keras.layers.Layer):
     q = self.q_u(h)
     if u is None:
       u = q.sample(seed=seed)
-    affine = self.affine()
-    z = affine.inverse(h, u=u)
-    log_joint += affine.inverse_log_det_jacobian(h, event_ndims=self.event_ndims, u=u)
+    z, log_det = self.affine().inverse_and_log_det(h, u=u)
+    log_joint += log_det
     log_joint += self.p_u(z).log_prob(u)
     return z, u, log_joint, q.log_prob(u)
 
