@@ -52,7 +52,8 @@ def test_image_elbo_equals_the_multiscale_base_flow_by_brute_force_jacobian(name
   (factor_out,) = _factor_outs(model.stages[0])
   _silence_index(model)
   # The factor-out prior is random too (it starts at zero), so its log-det is checked.
-  assert factor_out.prior.weights and all(np.any(w.numpy() != 0) for w in factor_out.prior.weights)
+  assert factor_out.prior.weights
+  assert all(np.any(w.numpy() != 0) for w in factor_out.prior.weights)
   x = tf.random.stateless_uniform([3, 4, 4, 1], seed=(1, 2), minval=0., maxval=256.)
   log_w = model.log_weights(x, 3, seed=(3, 4)).numpy()
   with tf.GradientTape() as tape:

@@ -54,8 +54,8 @@ def _image_base_layer(name, k, shape, *, hidden, seed, first):
   """The base map `f` of CIF layer `k` of a level, on images of `shape` (data side first)."""
   c = shape[-1]
   if name == "cif-resflow":
-    return L.ChainLayer(residual_flows._block("resflow", shape, hidden=hidden, seed=seed,  # pylint: disable=protected-access
-                                              first=first))
+    block = residual_flows._block  # pylint: disable=protected-access
+    return L.ChainLayer(block("resflow", shape, hidden=hidden, seed=seed, first=first))
   steps = [L.ActNormLayer(c, event_ndims=3)]
   if name == "cif-glow":
     steps += [L.Conv1x1Layer(c, kind="lu", event_ndims=3, seed=seed),
