@@ -98,7 +98,7 @@ def test_mock_mnist_in_process(tmp_path):
 # Every model of the residual-flow issue on every kind of dataset, small and short.
 NEW_MODELS = [
     ("resflow", "toy"), ("resflow", "tfds"), ("iresnet", "npy_images"),
-    ("planar", "toy"), ("radial", "npy_vectors"), ("sylvester", "npy_images"),
+    ("planar", "toy"), ("radial", "npy_vectors"), ("sylvester", "idx_images"),
 ]
 
 
@@ -109,9 +109,10 @@ def test_residual_and_simple_flows_in_the_trainer(tmp_path, model, kind):
   rng = np.random.RandomState(0)
   dataset = {"toy": "checkerboard", "tfds": "mnist",
              "npy_images": lambda: _npy(tmp_path, rng.randint(0, 256, (24, 8, 8, 1), np.uint8)),
+             "idx_images": lambda: _idx(tmp_path, rng.randint(0, 256, (24, 8, 8), np.uint8)),
              "npy_vectors": lambda: _npy(tmp_path, rng.randn(40, 3).astype("float32"))}[kind]
   dataset = dataset() if callable(dataset) else dataset
-  image = kind in ("tfds", "npy_images")
+  image = kind in ("tfds", "npy_images", "idx_images")
   config = train.Config(model=model, dataset=dataset, data_dir=str(tmp_path / "tfds"),
                         model_dir=model_dir, export_dir=export_dir, steps=4, eval_every=2,
                         batch_size=8,
@@ -201,6 +202,15 @@ def test_cif_flags_are_checked(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- bad input
+
+
+def _idx(tmp_path, images):
+  """`[N, H, W]` uint8 images as a gzipped IDX file, as MNIST is distributed."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "images-idx3-ubyte.gz")
+  with gzip.open(path, "wb") as f:
+    f.write(bytes([0, 0, 8, 3]) + np.array(images.shape, ">u4").tobytes() + images.tobytes())
+  return path
 
 
 def _npy(tmp_path, array):

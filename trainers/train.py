@@ -12,7 +12,9 @@ by the importance-sampled estimate with --num_importance_samples draws (default 
 vectors, 10 for images).
 
 --dataset is a toy density name, a path ending in .npy ([N, d] float vectors or
-[N, H, W, C] uint8 images), or a TFDS name. Training runs `model.fit` in epochs of
+[N, H, W, C] uint8 images), an IDX file as MNIST is distributed (e.g.
+t10k-images-idx3-ubyte.gz, gzip or not; the last 10% of the images held out, as for .npy),
+or a TFDS name. Training runs `model.fit` in epochs of
 --eval_every steps; after each it evaluates the held-out data and logs to TensorBoard
 (<model_dir>/tensorboard). Checkpoints go to <model_dir>/checkpoints every
 --checkpoint_every steps and at the end (the last 3 are kept). At the end the model is
@@ -91,7 +93,8 @@ def _define_flags():
   flags.DEFINE_string("model", None, f"Flow: one of {', '.join(MODELS)}.")
   flags.DEFINE_string("dataset", None,
                       f"A toy density ({', '.join(flow_data.TOY_NAMES)}), a path ending in "
-                      ".npy, or a TFDS dataset name.")
+                      ".npy, an IDX file (*-idx3-ubyte[.gz], as MNIST), or a TFDS dataset "
+                      "name.")
   flags.DEFINE_integer("steps", d["steps"].default, "Training steps in total.", lower_bound=1)
   flags.DEFINE_integer("batch_size", d["batch_size"].default, "Examples per step.",
                        lower_bound=1)

@@ -1,7 +1,9 @@
-"""Data for flows: 2D toy densities, `.npy` arrays and TFDS image sets, as tf.data pipelines.
+"""Data for flows: 2D toy densities, `.npy` and IDX arrays and TFDS image sets, as tf.data
+pipelines.
 
 `load_data(name, batch_size=...)` resolves `name` in this order: a toy density name
-(`TOY_NAMES`), a path ending in `.npy`, else a TensorFlow Datasets name. Every dataset yields
+(`TOY_NAMES`), a path ending in `.npy` or named like an IDX file (`idx.is_idx_path`), else
+a TensorFlow Datasets name. Every dataset yields
 float32 `x` only; images are dequantized into `[0, 256)`.
 """
 
@@ -13,13 +15,15 @@ import numpy as np
 import tensorflow as tf
 
 from tfpflows.data.arrays import load_npy
+from tfpflows.data.idx import is_idx_path, load_idx, read_idx
 from tfpflows.data.images import UnknownDatasetError, load_tfds_images
 from tfpflows.data import pipeline
 from tfpflows.data.pipeline import dequantize, eval_batches, train_batches
 from tfpflows.data.toy import TOY_NAMES, toy_dataset, toy_sample
 
 __all__ = [
-    "FlowData", "TOY_NAMES", "load_data", "load_npy", "load_tfds_images", "dequantize",
+    "FlowData", "TOY_NAMES", "load_data", "load_idx", "load_npy", "load_tfds_images",
+    "read_idx", "dequantize",
     "train_batches", "eval_batches", "toy_sample", "toy_dataset",
 ]
 
@@ -56,10 +60,12 @@ class FlowData:
 
 
 def load_data(name, *, batch_size, seed=0, data_dir=None):
-  """Builds `FlowData` for a toy name, a `.npy` path or a TFDS name.
+  """Builds `FlowData` for a toy name, a `.npy` or IDX path or a TFDS name.
 
   Args:
-    name: a toy density in `TOY_NAMES`, a path ending in `.npy`, or a TFDS data set name.
+    name: a toy density in `TOY_NAMES`, a path ending in `.npy`, an IDX file (the MNIST
+      format, `*-idx3-ubyte` or `*.idx`, gzip or not: `idx.load_idx`, the same split), or
+      a TFDS data set name.
     batch_size: batch size of both pipelines.
     seed: int; fixes the training stream (toy draws, shuffling, dequantization noise).
     data_dir: TFDS data folder (TFDS data sets only).
@@ -77,8 +83,8 @@ def load_data(name, *, batch_size, seed=0, data_dir=None):
         heldout=eval_batches(tf.data.Dataset.from_tensor_slices(heldout),
                              batch_size=batch_size),
         event_shape=(2,), is_image=False, reference=heldout.numpy())
-  if name.endswith(".npy"):
-    train, heldout = load_npy(name)
+  if name.endswith(".npy") or is_idx_path(name):
+    train, heldout = load_npy(name) if name.endswith(".npy") else load_idx(name)
     is_image = train.ndim == 4
     return FlowData(
         train_from=_stream(tf.data.Dataset.from_tensor_slices(train), len(train),
@@ -89,15 +95,16 @@ def load_data(name, *, batch_size, seed=0, data_dir=None):
         reference=train[:REFERENCE_POINTS] if train.shape[1:] == (2,) else None)
   if os.path.isdir(name):
     raise ValueError(f"dataset {name!r} is a directory; expected a toy density "
-                     f"({', '.join(TOY_NAMES)}), a path ending in .npy, or a TFDS dataset name")
+                     f"({', '.join(TOY_NAMES)}), a .npy or IDX file, or a TFDS dataset name")
   if os.path.exists(name):
-    raise ValueError(f"dataset file {name!r} is not a .npy file; expected a path ending in "
-                     ".npy, a toy density or a TFDS dataset name")
+    raise ValueError(f"dataset file {name!r} is not a .npy or IDX file; expected a path "
+                     "ending in .npy, an IDX file (*-idx3-ubyte, *.idx, optionally .gz), a "
+                     "toy density or a TFDS dataset name")
   try:
     train, heldout, shape = load_tfds_images(name, data_dir=data_dir)
   except UnknownDatasetError:
     raise ValueError(f"unknown dataset {name!r}; expected a toy density "
-                     f"({', '.join(TOY_NAMES)}), a path ending in .npy, "
+                     f"({', '.join(TOY_NAMES)}), a .npy or IDX file, "
                      "or a TFDS dataset name") from None
   return FlowData(
       train_from=_stream(train, None, batch_size, seed),

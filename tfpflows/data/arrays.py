@@ -31,10 +31,14 @@ def load_npy(path):
   try:
     array = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
-    raise ValueError(f"cannot read {path!r} as a .npy array: {_first_line(e)}") from None
+    raise ValueError(f"cannot read {path!r} as a .npy array: {first_line(e)}") from None
   if not isinstance(array, np.ndarray):
     raise ValueError(f"{path!r} holds an archive, not a single .npy array")
+  return split_rows(check_array(array, path), path)
 
+
+def check_array(array, path):
+  """`array` as flow data (vectors float32, images uint8) or a one-line ValueError."""
   if array.ndim == 2:
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
       raise ValueError(f"{path!r}: vectors [N, d] must be real numbers; got dtype {array.dtype}")
@@ -52,6 +56,11 @@ def load_npy(path):
 
   if 0 in array.shape[1:]:
     raise ValueError(f"{path!r} has shape {array.shape}; every event dimension must be >= 1")
+  return array
+
+
+def split_rows(array, path):
+  """`(train, heldout)`: the last `max(1, round(0.1 N))` rows held out, in order."""
   n = array.shape[0]
   heldout = max(1, int(round(HELDOUT_FRACTION * n)))
   if n - heldout < MIN_TRAIN_ROWS:
@@ -60,5 +69,5 @@ def load_npy(path):
   return array[:n - heldout], array[n - heldout:]
 
 
-def _first_line(error):
+def first_line(error):
   return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
