@@ -7,7 +7,11 @@ unit squares: entropy `log 8`). For each target, pair and seed, one process:
 1. draws 50,000 training and 10,000 test points (seeded);
 2. builds both models (`build_flow`, seeded), initialises ActNorm on a batch, and trains
    each with `fit` (Adam `--lr`, batch 500) for `--budget` seconds of wall clock after a
-   first, untimed epoch of 5 steps (compilation);
+   first, untimed epoch of 5 steps (compilation). The two models train in turns of
+   `--slice` seconds, each continuing its own data stream (`data.train_batches` from its
+   step), so both see the same machine: this machine's speed drifts by tens of percent, and
+   the hypervisor's steal comes and goes within minutes (one earlier run saw the same
+   ResFlow at 95 and at 20 steps/s in consecutive seeds);
 3. reports the test NLL: the flow's exact one, CIF's `log_prob` with K = 100 (the reference
    code's test setting; a lower bound on log p in expectation, so CIF's NLL is if anything
    too high), with standard errors over the test points.
@@ -81,17 +85,31 @@ class _Budget(keras.callbacks.Callback):
       self.model.stop_training = True
 
 
-def train(model, x, args, seed):
-  keras.utils.set_random_seed(seed)
-  model.initialize(x[:500])
-  model.compile(optimizer=keras.optimizers.Adam(args.lr))
-  ds = tf.data.Dataset.from_tensor_slices(x).shuffle(len(x), seed=seed).repeat().batch(500)
-  model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)      # compiles
-  budget = _Budget(args.budget)
-  model.fit(ds, steps_per_epoch=100, epochs=10 ** 6, verbose=0, shuffle=False,
-            callbacks=[budget])
-  elapsed = time.perf_counter() - budget.start
-  return budget.steps / elapsed
+def train_pair(models, x, args, seed):
+  """Trains `models` in turns of `args.slice` s until each has had `args.budget` s of timed
+  training; returns each one's timed steps per second."""
+  examples = tf.data.Dataset.from_tensor_slices(x)
+  def stream(step):
+    return flow_data.train_batches(examples, batch_size=500, seed=seed, start_step=step,
+                                   num_examples=len(x))
+  state = []
+  for model in models:
+    keras.utils.set_random_seed(seed)
+    model.initialize(x[:500])
+    model.compile(optimizer=keras.optimizers.Adam(args.lr))
+    model.fit(stream(0), steps_per_epoch=5, epochs=1, verbose=0)      # compiles
+    state.append(dict(step=5, seconds=0., timed=0))
+  while any(s["seconds"] < args.budget for s in state):
+    for model, s in zip(models, state):
+      if s["seconds"] >= args.budget:
+        continue
+      budget = _Budget(min(args.slice, args.budget - s["seconds"]))
+      model.fit(stream(s["step"]), steps_per_epoch=100, epochs=10 ** 6, verbose=0,
+                callbacks=[budget])
+      s["seconds"] += time.perf_counter() - budget.start
+      s["timed"] += budget.steps
+      s["step"] += budget.steps + 1      # each turn's first step is trained, not timed
+  return [s["timed"] / s["seconds"] for s in state]
 
 
 def test_nll(model, x, cif):
@@ -128,6 +146,7 @@ def main(argv=None):
   p.add_argument("--pairs", default="realnvp,resflow")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--budget", type=float, default=60.)
+  p.add_argument("--slice", type=float, default=5., help="seconds per turn (see the module)")
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--resflow-steps", type=int, default=4)
   p.add_argument("--resflow-hidden", type=int, default=32)
@@ -136,7 +155,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.quick:
     args.seeds, args.budget, args.targets, args.pairs = 1, 15., "two_uniforms", "realnvp"
-  print(f"# CIF vs base flow, equal wall clock: budget={args.budget}s seeds={args.seeds} "
+  print(f"# CIF vs base flow, equal wall clock: budget={args.budget}s in turns of "
+        f"{args.slice}s seeds={args.seeds} "
         f"Adam({args.lr}) batch=500 test=10000 K=100 cpus={os.cpu_count()} "
         f"tf={tf.__version__} keras={keras.__version__}", flush=True)
   results = {}
@@ -153,8 +173,9 @@ def main(argv=None):
           cif = build_flow("cif-resflow", [2], num_steps=args.resflow_steps,
                            hidden=args.resflow_hidden, seed=seed)
           base = _matched_base("resflow", _params(cif), args.resflow_steps, seed)
-        for system, model, is_cif in ((pair, base, False), (f"cif-{pair}", cif, True)):
-          steps_s = train(model, x_train, args, seed)
+        speeds = train_pair([base, cif], x_train, args, seed)
+        for system, model, is_cif, steps_s in ((pair, base, False, speeds[0]),
+                                               (f"cif-{pair}", cif, True, speeds[1])):
           nll, se = test_nll(model, x_test, is_cif)
           gap = nll - ENTROPY[tname]
           results.setdefault((tname, system), []).append((gap, se, steps_s))
