@@ -95,6 +95,14 @@ def test_mock_mnist_in_process(tmp_path):
   assert os.path.getsize(result["plots"][0]) > 1000
 
 
+def _run(train, config, kind):
+  """`train.run(config)`, under TFDS's mock data for `kind == "tfds"`."""
+  if kind == "tfds":
+    with tfds.testing.mock_data(num_examples=16):
+      return train.run(config)
+  return train.run(config)
+
+
 # Every model of the residual-flow issue on every kind of dataset, small and short.
 NEW_MODELS = [
     ("resflow", "toy"), ("resflow", "tfds"), ("iresnet", "npy_images"),
@@ -121,11 +129,7 @@ def test_residual_and_simple_flows_in_the_trainer(tmp_path, model, kind):
                         num_levels=1 if image and model in ("resflow", "iresnet") else None,
                         num_steps=1,
                         hidden=8)
-  if kind == "tfds":
-    with tfds.testing.mock_data(num_examples=16):
-      result = train.run(config)
-  else:
-    result = train.run(config)
+  result = _run(train, config, kind)
   assert result["step"] == 4 and np.isfinite(result["metrics"]["nll"])
   assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
   assert all(os.path.getsize(p) > 1000 for p in result["plots"])
@@ -159,11 +163,7 @@ def test_cif_models_in_the_trainer(tmp_path, model, kind):
                         model_dir=model_dir, export_dir=export_dir, steps=4, eval_every=2,
                         batch_size=8, num_levels=2 if image else None, num_steps=1, hidden=8,
                         num_importance_samples=7)
-  if kind == "tfds":
-    with tfds.testing.mock_data(num_examples=16):
-      result = train.run(config)
-  else:
-    result = train.run(config)
+  result = _run(train, config, kind)
   assert result["step"] == 4 and np.isfinite(result["metrics"]["nll"])
   if image:
     assert np.isfinite(result["metrics"]["bits_per_dim"])

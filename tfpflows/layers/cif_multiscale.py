@@ -29,11 +29,46 @@ import tensorflow as tf
 
 from tfpflows.layers import networks
 
-__all__ = ["CIFChain", "CIFFactorOut", "FixedStage"]
+__all__ = ["CIFChain", "CIFFactorOut", "FixedStage", "infer_stages", "generate_stages",
+           "diagnose_stages", "data_init_stages"]
 
 
 def _event_sum(v, event_ndims):
   return tf.reduce_sum(v, axis=list(range(-event_ndims, 0)))
+
+
+# -- walking a list of stages (`CIFChain` and `CIFModel`) -------------------------------
+
+def infer_stages(stages, x, *, seeds=None, us=None, training=False, log_joint=None):
+  """`infer_stage` through `stages` in order; `log_joint` optionally starts the sum."""
+  if log_joint is None:
+    log_joint = tf.zeros(tf.shape(x)[:1], x.dtype)
+  log_q = tf.zeros_like(log_joint)
+  drawn = {}
+  for stage in stages:
+    x, lj, lq, d = stage.infer_stage(x, seeds=seeds, us=us, training=training)
+    log_joint += lj
+    log_q += lq
+    drawn.update(d)
+  return x, log_joint, log_q, drawn
+
+
+def generate_stages(stages, z, *, seeds=None, training=False):
+  for stage in reversed(stages):
+    z = stage.generate_stage(z, seeds=seeds, training=training)
+  return z
+
+
+def diagnose_stages(stages, x, report, *, seeds=None):
+  for stage in stages:
+    x = stage.diagnose_stage(x, report, seeds=seeds)
+  return x
+
+
+def data_init_stages(stages, x):
+  for stage in stages:
+    x = stage.data_init_stage(x)
+  return x
 
 
 class FixedStage(keras.layers.Layer):
@@ -90,30 +125,16 @@ class CIFChain(keras.layers.Layer):
     self.built = True
 
   def infer_stage(self, x, *, seeds=None, us=None, training=False):
-    log_joint = tf.zeros(tf.shape(x)[:1], x.dtype)
-    log_q = tf.zeros_like(log_joint)
-    drawn = {}
-    for stage in self.stages:
-      x, lj, lq, d = stage.infer_stage(x, seeds=seeds, us=us, training=training)
-      log_joint += lj
-      log_q += lq
-      drawn.update(d)
-    return x, log_joint, log_q, drawn
+    return infer_stages(self.stages, x, seeds=seeds, us=us, training=training)
 
   def generate_stage(self, z, *, seeds=None, training=False):
-    for stage in reversed(self.stages):
-      z = stage.generate_stage(z, seeds=seeds, training=training)
-    return z
+    return generate_stages(self.stages, z, seeds=seeds, training=training)
 
   def diagnose_stage(self, x, report, *, seeds=None):
-    for stage in self.stages:
-      x = stage.diagnose_stage(x, report, seeds=seeds)
-    return x
+    return diagnose_stages(self.stages, x, report, seeds=seeds)
 
   def data_init_stage(self, x):
-    for stage in self.stages:
-      x = stage.data_init_stage(x)
-    return x
+    return data_init_stages(self.stages, x)
 
 
 class CIFFactorOut(keras.layers.Layer):

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfpflows.layers import cif_multiscale
 from tfpflows.models.flow_model import (_checked_sample_args, check_finite_batch,
                                         check_weights_allowed, warm_up_layers)
 
@@ -157,20 +158,12 @@ class CIFModel(keras.Model):
   def _infer(self, x, *, seeds=None, us=None, training=False):
     """Data to base latent through every stage: `(z, log_joint, log_q, drawn)`."""
     x, log_det = self._to_unit(x)
-    log_joint = tf.fill(tf.shape(x)[:1], tf.cast(log_det, x.dtype))
-    log_q = tf.zeros_like(log_joint)
-    drawn = {}
-    for stage in self.stages:
-      x, lj, lq, d = stage.infer_stage(x, seeds=seeds, us=us, training=training)
-      log_joint += lj
-      log_q += lq
-      drawn.update(d)
-    return x, log_joint, log_q, drawn
+    return cif_multiscale.infer_stages(
+        self.stages, x, seeds=seeds, us=us, training=training,
+        log_joint=tf.fill(tf.shape(x)[:1], tf.cast(log_det, x.dtype)))
 
   def _generate(self, z, seeds):
-    for stage in reversed(self.stages):
-      z = stage.generate_stage(z, seeds=seeds)
-    return self._from_unit(z)
+    return self._from_unit(cif_multiscale.generate_stages(self.stages, z, seeds=seeds))
 
   def _pass(self, x, *, training=False, seed=None, us=None):
     """Data to latent through every stage: `(log p(x, u), log q(u | x), [u_l])`, `[batch]`."""
@@ -266,10 +259,8 @@ class CIFModel(keras.Model):
     """
     x = self._checked(x, "diagnostics")
     report = {}
-    h, _ = self._to_unit(x)
     seeds = {layer: layer.next_seed(False) for layer in self.cif_layers}
-    for stage in self.stages:
-      h = stage.diagnose_stage(h, report, seeds=seeds)
+    cif_multiscale.diagnose_stages(self.stages, self._to_unit(x)[0], report, seeds=seeds)
     k = self.default_num_samples if num_samples is None else num_samples
     ess = self.importance_diagnostics(x, k)["ess"]
     out = {f"{name}/{key}": float(keras.ops.convert_to_numpy(value))
@@ -317,9 +308,7 @@ class CIFModel(keras.Model):
                        f"expected at least 2 examples")
 
   def _data_init(self, x):
-    x, _ = self._to_unit(x)
-    for stage in self.stages:
-      x = stage.data_init_stage(x)
+    cif_multiscale.data_init_stages(self.stages, self._to_unit(x)[0])
 
   def call(self, x, training=None):
     """The log importance weights `[K, batch]`: `K = train_num_samples` in training, else
