@@ -108,6 +108,12 @@ NUM_STEPS = 4
 HIDDEN = 400
 BATCH = 32
 LR = 1e-3
+if os.environ.get("GLOW_BENCH_SHAPE"):   # "H,W,C;L;K;hidden;batch", e.g. MNIST's
+    # "28,28,1;2;8;256;64" (bench/profile_glow.py at mnist_bench.py's shape); inherited
+    # by the worker processes.
+    _shape, _l, _k, _h, _b = os.environ["GLOW_BENCH_SHAPE"].split(";")
+    EVENT_SHAPE = tuple(int(v) for v in _shape.split(","))
+    NUM_LEVELS, NUM_STEPS, HIDDEN, BATCH = int(_l), int(_k), int(_h), int(_b)
 D = EVENT_SHAPE[0] * EVENT_SHAPE[1] * EVENT_SHAPE[2]
 
 # Worker name -> measurement modes it supports (in the order they are timed each round).

@@ -937,6 +937,58 @@ def quality_densities(args, ratios, pre, densities) -> None:
                 print(f"info quality {density}: gap ratio normflows / ours = {fmt(val)}")
 
 
+# --------------------------------------------------------------------------- 4. start-up
+def startup_worker(args) -> int:
+    """Seconds from building the 2D Residual Flow of the speed part to the end of its first
+    training step (ours: build, ActNorm initialisation, compile, one `fit` step, which
+    traces; normflows: construction and one step), in a fresh process, imports excluded."""
+    try:
+        if args.worker == "startup_ours":
+            tf = setup_tf()
+            import keras  # noqa: F401
+            import tfpflows.models  # noqa: F401
+            t0 = time.perf_counter()
+            model, _ = build_ours_2d(args.num_blocks, args.power_iters)
+            x = tf.constant(checkerboard_batch(BATCH_2D))
+            model.initialize(x)
+            compile_ours(model, False)
+            model.fit(tf.data.Dataset.from_tensors(x).repeat(), steps_per_epoch=1, epochs=1,
+                      verbose=0)
+        elif args.worker == "startup_normflows":
+            setup_torch()
+            import normflows  # noqa: F401
+            t0 = time.perf_counter()
+            t = NormflowsTrainer(args.num_blocks, args.power_iters)
+            t.step(t.torch.from_numpy(checkerboard_batch(BATCH_2D)))
+        else:
+            raise ValueError(args.worker)
+        seconds = time.perf_counter() - t0
+    except Exception as e:
+        return worker_failed(e)
+    emit({"ready": True, "startup_s": seconds})
+    return 0
+
+
+def run_startup(args, ratios: dict, repeats: int = 2) -> None:
+    """Each system's start-up in fresh processes, one at a time, alternating."""
+    print(f"## start-up: 2D Residual Flow of the speed part, {args.num_blocks} blocks, build "
+          f"to the end of the first training step, imports excluded, {repeats} fresh "
+          "processes each, one at a time", flush=True)
+    times: dict[str, list] = {"ours": [], "normflows": []}
+    for r in range(repeats):
+        for name in (("ours", "normflows") if r % 2 == 0 else ("normflows", "ours")):
+            w = Worker(f"startup_{name}", args, [])
+            msg = w.read()
+            w.close()
+            if not msg.get("ready"):
+                print(f"startup {name}: FAILED ({msg.get('error')})", flush=True)
+                return
+            times[name].append(msg["startup_s"])
+            print(f"startup {name:9s} {msg['startup_s']:6.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios["startup_vs_normflows_resflow"] = med["normflows"] / med["ours"]
+
+
 # --------------------------------------------------------------------------- plumbing
 class Worker(WorkerProcess):
     """This script as a worker process (`--worker=NAME`), with the parent's settings."""
@@ -957,9 +1009,10 @@ def worker_args(args) -> list[str]:
 def parent_main(args) -> int:
     t_start = time.perf_counter()
     parts = [p for p in args.parts.split(",") if p]
-    unknown = set(parts) - {"memory", "speed", "quality"}
+    unknown = set(parts) - {"memory", "speed", "quality", "startup"}
     if unknown:
-        raise SystemExit(f"unknown part(s) {sorted(unknown)}; expected memory, speed, quality")
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}; expected memory, speed, "
+                         "quality, startup")
     print(f"# resflow bench: parts={','.join(parts)} quick={args.quick} threads={THREADS} "
           f"python={sys.version.split()[0]} cpus={os.cpu_count()} "
           f"loadavg={os.getloadavg()[0]:.2f}", flush=True)
@@ -969,12 +1022,15 @@ def parent_main(args) -> int:
     # memory part, whose workers then have the machine to themselves; --quick starts them
     # before it to save time. All are ready before the first timed run.
     pre = None
-    timed = [p for p in parts if p != "memory"]
+    timed = [p for p in parts if p not in ("memory", "startup")]
     if timed and args.quick:
         pre = Prestart(args, timed)
     try:
-        for part in ("memory", "speed", "quality"):
+        for part in ("startup", "memory", "speed", "quality"):
             if part not in parts:
+                continue
+            if part == "startup":
+                run_startup(args, ratios)
                 continue
             if part != "memory":
                 if pre is None:
@@ -993,7 +1049,8 @@ def parent_main(args) -> int:
             pre.close()
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s")
     for name in ("resflow_memory_flat", "resflow_memory_vs_naive",
-                 "resflow_step_vs_normflows", "resflow_gap_vs_normflows"):
+                 "resflow_step_vs_normflows", "resflow_gap_vs_normflows",
+                 "startup_vs_normflows_resflow"):
         if name in ratios:
             print(f"ratio {name} {fmt(ratios[name])}")
     return 0
@@ -1003,7 +1060,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny sizes and budgets (under ~2 min)")
-    p.add_argument("--parts", default="memory,speed,quality",
+    p.add_argument("--parts", default="startup,memory,speed,quality",
                    help="comma list among memory, speed, quality")
     # memory
     p.add_argument("--mem-shape", default="32,32,3",
@@ -1069,6 +1126,8 @@ def main(argv=None) -> int:
         return speed_worker(args)
     if args.worker.startswith("quality_"):
         return quality_worker(args)
+    if args.worker.startswith("startup_"):
+        return startup_worker(args)
     if args.quick:
         args.mem_shape, args.mem_levels, args.mem_steps = [16, 16, 3], 2, 1
         args.mem_hidden, args.mem_batch, args.mem_executions = 32, 16, 1

@@ -266,3 +266,32 @@ def test_glow_channel_mixing_alternatives_train_and_invert(permutation):
   hist = model.fit(tf.data.Dataset.from_tensor_slices(data).batch(8).repeat(),
                    steps_per_epoch=2, epochs=1, verbose=0)
   assert np.isfinite(hist.history["loss"][0])
+
+
+def test_learn_top_is_a_learned_gaussian_prior_of_the_top_latent():
+  """learn_top: the identity at initialisation; then log p(x) = log N(z; 0, I) +
+  log|det dz/dx| with the top level's h = m + e^s z, by a brute-force Jacobian of the
+  whole flow; two more trainable weights than without it, and bad uses are one line."""
+  from tests import bijector_checks  # pylint: disable=g-import-not-at-top
+  from tfpflows.layers import LearnedTopLayer  # pylint: disable=g-import-not-at-top
+  shape = (4, 4, 1)
+  plain = build_flow("glow", shape, num_levels=2, num_steps=1, hidden=8, seed=0)
+  model = build_flow("glow", shape, num_levels=2, num_steps=1, hidden=8, seed=0,
+                     learn_top=True)
+  assert len(model.trainable_weights) == len(plain.trainable_weights) + 2
+  x = tf.random.stateless_uniform((3, *shape), seed=(1, 2), maxval=256.0)
+  np.testing.assert_allclose(model.log_prob(x), plain.log_prob(x), rtol=1e-6)  # identity
+  (top,) = [l for l in model._flatten_layers() if isinstance(l, LearnedTopLayer)]
+  assert top.shape == (1, 1, 8)
+  rng = np.random.RandomState(0)
+  top.loc.assign(rng.normal(size=top.shape).astype(np.float32))
+  top.log_scale.assign(0.5 * rng.normal(size=top.shape).astype(np.float32))
+  bijector = model.distribution().bijector   # latent -> pixels, preprocessing included
+  z = bijector.inverse(x)
+  expected = (tf.reduce_sum(tfp.distributions.Normal(0., 1.).log_prob(z), [1, 2, 3])
+              - bijector_checks.brute_force_fldj(bijector, z, 3))
+  np.testing.assert_allclose(model.log_prob(x), expected, rtol=2e-4, atol=2e-2)
+  assert not np.allclose(model.log_prob(x), plain.log_prob(x), rtol=1e-3)
+  for kwargs in (dict(name="resflow"), dict(name="glow", shape=(4,))):
+    with pytest.raises(ValueError, match="learn_top=True applies to glow, realnvp and nice"):
+      build_flow(kwargs["name"], kwargs.get("shape", shape), learn_top=True)

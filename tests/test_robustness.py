@@ -193,7 +193,8 @@ def test_diverging_run_stops_loudly_and_keeps_the_last_finite_checkpoint(tmp_pat
   assert bad.returncode == 3, bad.stderr[-3000:]
   assert "Traceback" not in bad.stderr
   # The resumed run takes the learning rate given now (and says so), not the checkpoint's.
-  assert "learning rate: the checkpoint had 0.001; using --learning_rate=10000" in bad.stdout
+  assert ("learning-rate schedule: using --learning_rate=10000.0 (was 0.001) from here on"
+          in bad.stdout), bad.stdout[-2000:]
   last = bad.stderr.strip().splitlines()[-1]
   assert last.startswith("error: training diverged at step ") and "learning_rate" in last
   assert int(last.split(" at step ")[1].split(":")[0]) > 40

@@ -276,8 +276,8 @@ def test_help_lists_every_flag():
   text = train.FLAGS.module_help(train)
   for flag in ("model", "dataset", "steps", "batch_size", "model_dir", "export_dir",
                "data_dir", "learning_rate", "eval_every", "checkpoint_every", "num_levels",
-               "num_steps", "hidden",
-               "overwrite", "seed"):
+               "num_steps", "hidden", "optimizer", "warmup_steps", "lr_decay", "clip_norm",
+               "ema", "precision", "n_bits", "config", "overwrite", "seed"):
     assert f"--{flag}:" in text or f"--[no]{flag}:" in text, text
 
 

@@ -32,6 +32,7 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from tfpflows import recipes
 from tfpflows.checkpoint import NonFiniteError
 
 __all__ = [
@@ -66,11 +67,17 @@ def fit_steps(model, train_from, *, steps, eval_every, validation_data=None, cal
 
   Returns:
     The merged `History.history` dict of the `fit` calls (empty if nothing was left to do).
+
+  With an EMA optimizer (`recipes.make_optimizer(ema=...)`) validation uses the averaged
+  weights and the raw weights stay in the model after `fit` (see `recipes.ema_weights`).
   """
   if steps < 0 or eval_every < 1:
     raise ValueError(f"fit_steps: steps must be >= 0 and eval_every >= 1; got {steps} and "
                      f"{eval_every}")
   history = {}
+  callbacks = list(callbacks)
+  if validation_data is not None and recipes.uses_ema(model):
+    callbacks.insert(0, recipes.EMAValidation())   # held-out figures of the averaged weights
   start = steps_done(model)
   while start < steps:
     epoch = start // eval_every
@@ -79,9 +86,10 @@ def fit_steps(model, train_from, *, steps, eval_every, validation_data=None, cal
       epochs = epoch + 1
     else:
       per_epoch, epochs = eval_every, epoch + (steps - start) // eval_every
-    result = model.fit(train_from(start), steps_per_epoch=per_epoch, epochs=epochs,
-                       initial_epoch=epoch, validation_data=validation_data,
-                       callbacks=list(callbacks), verbose=verbose, shuffle=False)
+    with recipes.keep_raw_weights(model):
+      result = model.fit(train_from(start), steps_per_epoch=per_epoch, epochs=epochs,
+                         initial_epoch=epoch, validation_data=validation_data,
+                         callbacks=callbacks, verbose=verbose, shuffle=False)
     for key, values in result.history.items():
       history.setdefault(key, []).extend(values)
     reached = steps_done(model)

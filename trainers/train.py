@@ -34,6 +34,7 @@ Bad input (flags, data, paths, a checkpoint of another model or other run settin
 reported as one line on stderr with exit status 2, before anything is written.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -53,14 +54,17 @@ from tfpflows import data as flow_data
 from tfpflows import export
 from tfpflows import models
 from tfpflows import plotting
+from tfpflows import recipes
 from tfpflows import training
 from tfpflows.checkpoint import FlowCheckpoint
+from trainers import configs
 
 MODELS = models.NAMES + models.CIF_NAMES
 NUM_SAMPLES_2D = 4096
 NUM_SAMPLES_IMAGES = 36
 TEMPERATURES = (0.7, 1.0)
 KEEP_CHECKPOINTS = 3
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,15 @@ class Config:
   num_steps: Optional[int] = None
   hidden: Optional[int] = None
   num_importance_samples: Optional[int] = None
+  optimizer: str = "adam"
+  warmup_steps: int = 0
+  lr_decay: str = "constant"
+  clip_norm: Optional[float] = None
+  ema: float = 0.0
+  precision: str = "float32"
+  n_bits: int = 8
+  learn_top: bool = False
+  config: Optional[str] = None
   overwrite: bool = False
   seed: int = 0
 
@@ -119,6 +132,27 @@ def _define_flags():
                        "the log-likelihood estimate used in evaluation, plots and the "
                        "SavedModel's log_prob (default: 100 for vectors, 10 for images).",
                        lower_bound=1)
+  flags.DEFINE_string("config", None, "A preset of a paper's architecture and recipe "
+                      f"({', '.join(configs.NAMES)}); flags given beside it override it.")
+  flags.DEFINE_enum("optimizer", d["optimizer"].default, list(recipes.OPTIMIZERS),
+                    "Adam, or Adamax (Glow's).")
+  flags.DEFINE_integer("warmup_steps", d["warmup_steps"].default, "Linear learning-rate "
+                       "warm-up over the first steps (0: none).", lower_bound=0)
+  flags.DEFINE_enum("lr_decay", d["lr_decay"].default, list(recipes.DECAYS),
+                    "Learning-rate decay after the warm-up, to 0 at --steps.")
+  flags.DEFINE_float("clip_norm", None, "Clip the gradient to this global norm (default: "
+                     "no clipping).")
+  flags.DEFINE_float("ema", d["ema"].default, "Momentum of an exponential moving average of "
+                     "the weights used for evaluation, plots and export (0: off; e.g. 0.999).")
+  flags.DEFINE_enum("precision", d["precision"].default, list(PRECISIONS),
+                    "float32, or the conditioner networks in bfloat16 / float16 (loss "
+                    "scaling); flows, log-dets and weights stay float32.")
+  flags.DEFINE_integer("n_bits", d["n_bits"].default, "Images: keep the top n bits of each "
+                       "pixel (Glow's CelebA-HQ uses 5); bits/dim are then reported per "
+                       "n-bit pixel.", lower_bound=1, upper_bound=8)
+  flags.DEFINE_boolean("learn_top", d["learn_top"].default, "Glow, RealNVP, NICE on images: "
+                       "a learned per-element prior of the top level's latent (Glow's "
+                       "learntop).")
   flags.DEFINE_boolean("overwrite", d["overwrite"].default, "Replace an existing "
                        "--export_dir.")
   flags.DEFINE_integer("seed", d["seed"].default, "Seed of the weights, the data stream "
@@ -152,6 +186,20 @@ def _validate_config(config):
       raise UsageError(f"--{name} is required")
   if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
     raise UsageError(f"--learning_rate must be a finite number > 0; got {config.learning_rate}")
+  if config.clip_norm is not None and not (math.isfinite(config.clip_norm)
+                                           and config.clip_norm > 0):
+    raise UsageError(f"--clip_norm must be a finite number > 0; got {config.clip_norm}")
+  if not (config.ema == 0 or 0 < config.ema < 1):
+    raise UsageError(f"--ema must be 0 (off) or a momentum in (0, 1); got {config.ema}")
+  if config.lr_decay != "constant" and config.steps <= config.warmup_steps:
+    raise UsageError(f"--lr_decay={config.lr_decay} decays from --warmup_steps="
+                     f"{config.warmup_steps} to --steps={config.steps}; need --steps > "
+                     "--warmup_steps")
+  for name, allowed in (("optimizer", recipes.OPTIMIZERS), ("lr_decay", recipes.DECAYS),
+                        ("precision", PRECISIONS)):
+    if getattr(config, name) not in allowed:
+      raise UsageError(f"--{name} must be one of {', '.join(allowed)}; got "
+                       f"{getattr(config, name)!r}")
   _validate_paths(config)
 
 
@@ -205,15 +253,53 @@ def _build_model(config, event_shape):
   kwargs = {k: getattr(config, k) for k in ("num_levels", "num_steps", "hidden",
                                              "num_importance_samples")
             if getattr(config, k) is not None}
+  if config.learn_top:
+    kwargs["learn_top"] = True
   return _checked(models.build_flow, config.model, event_shape=event_shape, seed=config.seed,
                   **kwargs)
+
+
+def make_optimizer(config):
+  """The run's optimizer: `recipes.make_optimizer` from the flags (a schedule always, so
+  the optimizer's variables do not depend on the schedule), loss-scaled for float16."""
+  optimizer = _checked(
+      recipes.make_optimizer, config.optimizer, config.learning_rate,
+      warmup_steps=config.warmup_steps, decay=config.lr_decay,
+      decay_steps=config.steps if config.lr_decay != "constant" else None,
+      clip_norm=config.clip_norm, ema=config.ema, schedule=True)
+  if config.precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+@contextlib.contextmanager
+def precision_policy(precision):
+  """Keras' global dtype policy set to `precision` within the block (models built there
+  keep it: the conditioners compute in it, the flows stay float32)."""
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(precision)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
+
+
+def build_compiled_model(config, event_shape):
+  """The run's model, built and compiled as `run` does (for resuming and evaluation)."""
+  with precision_policy(config.precision):
+    model = _build_model(config, event_shape)
+    model.compile(optimizer=make_optimizer(config))
+  return model
 
 
 # --------------------------------------------------------------------------- training
 
 
 RUN_FILE = "run.json"   # the settings a resumed run must share with the run it continues
-RUN_KEYS = ("model", "dataset", "batch_size", "seed", "num_levels", "num_steps", "hidden")
+RUN_KEYS = ("model", "dataset", "batch_size", "seed", "num_levels", "num_steps", "hidden",
+            "optimizer", "ema", "precision", "n_bits", "learn_top")
+# What may change on resume (the schedule follows): learning_rate, warmup_steps, lr_decay,
+# clip_norm, steps, eval_every, checkpoint_every, num_importance_samples.
 EXIT_DIVERGED = 3
 
 
@@ -232,12 +318,36 @@ def _restore(config, model):
   for path, reason in ckpt.skipped:
     print(f"warning: checkpoint {path} is corrupt ({reason}); skipping it", file=sys.stderr)
   if step is not None:
-    learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    if not math.isclose(learning_rate, config.learning_rate, rel_tol=1e-6):
-      print(f"learning rate: the checkpoint had {learning_rate:g}; using "
-            f"--learning_rate={config.learning_rate:g} from here on")
-      model.optimizer.learning_rate.assign(config.learning_rate)
+    saved = read_run_file(config.model_dir) or {}
+    keys = SCHEDULE_KEYS if config.lr_decay != "constant" else SCHEDULE_KEYS[:-1]
+    changed = [f"--{key}={getattr(config, key)} (was {saved[key]})" for key in keys
+               if key in saved and saved[key] != getattr(config, key)]
+    if changed:
+      print(f"learning-rate schedule: using {', '.join(changed)} from here on")
   return ckpt, step
+
+
+SCHEDULE_KEYS = ("learning_rate", "warmup_steps", "lr_decay", "clip_norm", "steps")
+
+
+def read_run_file(model_dir):
+  """The settings recorded by the run in `model_dir` (`run.json`), or None if there is none.
+
+  Raises:
+    UsageError: the file is unreadable.
+  """
+  path = os.path.join(model_dir, RUN_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, ValueError) as e:
+    raise UsageError(f"cannot read {path} ({str(e).splitlines()[0]}); move it away to start "
+                     "over") from None
+  return saved
 
 
 def _run_settings(config):
@@ -245,30 +355,44 @@ def _run_settings(config):
 
 
 def _check_run_file(config):
-  path = os.path.join(config.model_dir, RUN_FILE)
-  if not os.path.exists(path):
+  saved = read_run_file(config.model_dir)
+  if saved is None:
     return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UsageError(f"cannot read {path} ({str(e).splitlines()[0]}); move it away to start "
-                     "over") from None
   for key, value in _run_settings(config).items():
-    if key in saved and saved[key] != value:
+    default = Config.__dataclass_fields__[key].default
+    if saved.get(key, default) != value:   # a key a run before it existed had at its default
       raise UsageError(f"--{key}={value} differs from the run in {config.model_dir} "
-                       f"(--{key}={saved[key]}); resuming needs the same --{key}, or use a "
-                       "new --model_dir")
+                       f"(--{key}={saved.get(key, default)}); resuming needs the same "
+                       f"--{key}, or use a new --model_dir")
 
 
-def _write_run_file(config):
+def _write_run_file(config, event_shape):
+  """Records every setting of the run (`dataclasses.asdict(config)`) and the data's
+  `event_shape`, the strict settings (`RUN_KEYS`) checked on resume; rewritten atomically
+  at each start."""
   path = os.path.join(config.model_dir, RUN_FILE)
-  if os.path.exists(path):
-    return
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(_run_settings(config), f, indent=1)
+    json.dump(dict(dataclasses.asdict(config), event_shape=list(event_shape)), f, indent=1)
   os.replace(tmp, path)
+
+
+def config_from_run(model_dir, **overrides):
+  """The `Config` of the run recorded in `model_dir` (its `run.json`), with `overrides`.
+
+  Raises:
+    UsageError: no run.json (not a trainer's --model_dir) or an unreadable one.
+  """
+  saved = read_run_file(model_dir)
+  if saved is None:
+    raise UsageError(f"--model_dir {model_dir!r} holds no {RUN_FILE}; expected the "
+                     "--model_dir of a trainers.train run")
+  fields = {f.name for f in dataclasses.fields(Config)}
+  values = {k: v for k, v in saved.items() if k in fields}
+  values.update(model_dir=model_dir, **overrides)
+  for name in ("dataset", "export_dir", "model"):
+    values.setdefault(name, None)
+  return Config(**values)
 
 
 CIF_GRID_SIZE = 100   # a CIF density costs K model passes per point
@@ -305,6 +429,13 @@ def _write_plots(config, data, model):
   return paths
 
 
+def load_data(config):
+  """`tfpflows.data.load_data` for the run's dataset flags."""
+  kwargs = dict(n_bits=config.n_bits) if config.n_bits != 8 else {}
+  return _checked(flow_data.load_data, config.dataset, batch_size=config.batch_size,
+                  seed=config.seed, data_dir=config.data_dir, **kwargs)
+
+
 def run(config):
   """Validates `config`, trains (resuming from model_dir), exports and plots.
 
@@ -317,12 +448,10 @@ def run(config):
   """
   # Validation: nothing is written until all of it has passed.
   _validate_config(config)
-  data = _checked(flow_data.load_data, config.dataset, batch_size=config.batch_size,
-                  seed=config.seed, data_dir=config.data_dir)
+  data = load_data(config)
   _validate_batch_size(config, data.event_shape)
   keras.utils.set_random_seed(config.seed)
-  model = _build_model(config, data.event_shape)
-  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+  model = build_compiled_model(config, data.event_shape)
   checkpoint, step = _restore(config, model)
   if step is None:
     print("initialising ActNorm on the first batch")
@@ -333,7 +462,7 @@ def run(config):
     print(f"resuming from {checkpoint.restored} (step {step})")
 
   os.makedirs(config.model_dir, exist_ok=True)
-  _write_run_file(config)
+  _write_run_file(config, data.event_shape)
   history = {}
   if step < config.steps:
     log_dir = os.path.join(config.model_dir, "tensorboard")
@@ -355,17 +484,19 @@ def run(config):
   if checkpoint.latest is None or not checkpoint.latest.endswith(f"-{step}"):
     checkpoint.save(step)
 
-  if "val_nll" in history:
-    metrics = {k[len("val_"):]: v[-1] for k, v in history.items() if k.startswith("val_")}
-  else:
-    metrics = model.evaluate(data.heldout, verbose=0, return_dict=True)
-  if not all(math.isfinite(float(v)) for v in metrics.values()):
-    raise training.NonFiniteError(f"the held-out NLL is {float(metrics['nll'])} at step "
-                                  f"{step}; not exporting")
-
-  _checked(export.export_saved_model, model, config.export_dir, overwrite=config.overwrite,
-           seed=config.seed)
-  plots = _write_plots(config, data, model)
+  # Evaluation, export and plots with the moving-average weights when there is one (the
+  # checkpoint keeps the raw weights and the average).
+  with recipes.ema_weights(model):
+    if "val_nll" in history:
+      metrics = {k[len("val_"):]: v[-1] for k, v in history.items() if k.startswith("val_")}
+    else:
+      metrics = model.evaluate(data.heldout, verbose=0, return_dict=True)
+    if not all(math.isfinite(float(v)) for v in metrics.values()):
+      raise training.NonFiniteError(f"the held-out NLL is {float(metrics['nll'])} at step "
+                                    f"{step}; not exporting")
+    _checked(export.export_saved_model, model, config.export_dir,
+             overwrite=config.overwrite, seed=config.seed)
+    plots = _write_plots(config, data, model)
 
   print(f"checkpoint:  {checkpoint.latest}")
   print(f"tensorboard: {os.path.join(config.model_dir, 'tensorboard')}")
@@ -376,7 +507,13 @@ def run(config):
   if isinstance(model, models.CIFModel):
     line += f" (importance-sampled, K={model.default_num_samples})"
   if "bits_per_dim" in metrics:
-    line += f" ({float(metrics['bits_per_dim']):.4f} bits/dim)"
+    line += f" ({float(metrics['bits_per_dim']):.4f} bits/dim"
+    if config.n_bits != 8:
+      metrics["bits_per_dim_n_bits"] = float(metrics["bits_per_dim"]) - (8 - config.n_bits)
+      line += f"; {metrics['bits_per_dim_n_bits']:.4f} per {config.n_bits}-bit pixel"
+    line += ")"
+  if recipes.uses_ema(model):
+    line += f" [EMA {config.ema} weights]"
   print(line)
   return {"step": step, "metrics": {k: float(v) for k, v in metrics.items()},
           "checkpoint": checkpoint.latest, "plots": plots}
@@ -418,7 +555,14 @@ def main(argv):
   tf.get_logger().setLevel("ERROR")
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
+  values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)}
+  if FLAGS.config:
+    given = {name: value for name, value in values.items() if FLAGS[name].present}
+    try:
+      values = dict(values, **configs.resolve(FLAGS.config, given))
+    except ValueError as e:
+      _fail(str(e))
+  config = Config(**values)
   previous = signal.signal(signal.SIGTERM, _on_sigterm)
   try:
     run(config)

@@ -7,11 +7,11 @@ from tfpflows.layers.cif import CIFLayer
 from tfpflows.layers.conv1x1 import Conv1x1Layer, PermuteLayer
 from tfpflows.layers.coupling import CouplingLayer
 from tfpflows.layers.mixture_base import GaussianMixtureBase
-from tfpflows.layers.multiscale import ChainLayer, FactorOutLayer, SqueezeLayer
+from tfpflows.layers.multiscale import ChainLayer, FactorOutLayer, LearnedTopLayer, SqueezeLayer
 from tfpflows.layers.residual import ResidualLayer
 from tfpflows.layers.simple_flows import (PlanarLayer, RadialLayer, ReshapeLayer, SylvesterLayer,
                                           simple_flow_layers)
 
 __all__ = ["PLACEMENTS", "ActNormLayer", "BijectorLayer", "CIFLayer", "ChainLayer", "Conv1x1Layer", "CouplingLayer",
-           "FactorOutLayer", "GaussianMixtureBase", "PermuteLayer", "PlanarLayer", "RadialLayer", "ReshapeLayer",
+           "FactorOutLayer", "GaussianMixtureBase", "LearnedTopLayer", "PermuteLayer", "PlanarLayer", "RadialLayer", "ReshapeLayer",
            "ResidualLayer", "SqueezeLayer", "SylvesterLayer", "networks", "simple_flow_layers"]

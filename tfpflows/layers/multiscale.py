@@ -89,3 +89,30 @@ class FactorOutLayer(BijectorLayer):
     c = y.shape[-1]
     self.inner.diagnose(y[..., :c - self.num_factored], report)
     return self.bijector().inverse(y)
+
+
+class LearnedTopLayer(BijectorLayer):
+  r"""Glow's learned top prior (`learntop`): the top level's latent `h ~ N(m, diag(e^{2s}))`.
+
+  Per-element `m` and `s` of the top level's shape, zero-initialised (the standard normal at
+  first), as the bijector from the standard-normal base: `h = m + e^{s} z` on the way to
+  the data, `z = (h - m) e^{-s}` on the way to the latent, `log|det dh/dz| = sum s`. It
+  gives the flow per-pixel location and scale at once (normflows' `GlowBase` learns the
+  same), which ActNorm's per-channel statistics cannot.
+
+  Args:
+    shape: the top level's event shape `[h, w, c]`.
+  """
+
+  def __init__(self, shape, **kwargs):
+    super().__init__(**kwargs)
+    self.shape = tuple(int(d) for d in shape)
+    self.loc = self.add_weight(shape=self.shape, initializer="zeros", name="loc")
+    self.log_scale = self.add_weight(shape=self.shape, initializer="zeros", name="log_scale")
+
+  def bijector(self, training=False):
+    del training
+    return tfb.Chain([tfb.Shift(tf.convert_to_tensor(self.loc)),
+                      tfb.Scale(log_scale=tf.convert_to_tensor(self.log_scale))],
+                     name=self.name)
+

@@ -72,7 +72,7 @@ def _steps(name, num_steps, channels, *, event_ndims, hidden, seed, permutation,
 
 
 def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, permutation,
-                 affine_scale="sigmoid"):
+                 affine_scale="sigmoid", top_shape=None):
   """Level `level`: squeeze, K steps, factor out half (all but the last level), unsqueeze.
 
   Closing each level with an unsqueeze keeps it shape-preserving, as `FactorOut` needs of
@@ -86,8 +86,10 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
   if level < num_levels - 1:
     inner = _image_level(name, level + 1, num_levels, channels // 2, num_steps=num_steps,
                          hidden=hidden, seed=seed, permutation=permutation,
-                         affine_scale=affine_scale)
+                         affine_scale=affine_scale, top_shape=top_shape)
     layers.append(L.FactorOutLayer(inner, channels, event_ndims=3))
+  elif top_shape is not None:   # learn_top: the top level's learned prior
+    layers.append(L.LearnedTopLayer(top_shape))
   layers.append(L.SqueezeLayer(unsqueeze=True))
   return L.ChainLayer(layers)
 
@@ -95,7 +97,7 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
 def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0,
                permutation="lu", placement="density", base_components=1,
                affine_scale="sigmoid", step_actnorm=True, u_dim=1,
-               num_importance_samples=None):
+               num_importance_samples=None, learn_top=False):
   """Builds a `FlowModel`: Glow, RealNVP, NICE, i-ResNet, Residual Flow, planar, radial, Sylvester.
 
   Vectors (`event_shape = [D]`): `num_steps` steps on the whole vector, MLP conditioners.
@@ -163,6 +165,9 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     num_importance_samples: `K` of a CIF model's importance-sampled `log_prob`, its
       evaluation and its SavedModel's `log_prob` (CIF models only; default None: 100 for
       vectors, 10 for images, the reference code's).
+    learn_top: Glow's learned top prior (`layers.LearnedTopLayer`: per-element mean and
+      log-scale of the top level's latent, zero-initialised) for glow, realnvp and nice on
+      images; default False.
     affine_scale: the scale of Glow's and RealNVP's affine couplings (`bijectors.Coupling`'s
       `scale`): `"sigmoid"` (default, Glow's `sigmoid(h + 2)`, never expanding on the way
       to the latent: stable for density estimation) or `"exp"` (`exp(10 tanh(h / 10))`,
@@ -187,6 +192,11 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if base_components > 1 and len(event_shape) != 1:
     raise ValueError(f"base_components={base_components} applies to vector events [D]; got "
                      f"event_shape {list(event_shape)}")
+  if not isinstance(learn_top, bool):
+    raise ValueError(f"build_flow: learn_top must be True or False; got {learn_top!r}")
+  if learn_top and (name not in ("glow", "realnvp", "nice") or len(event_shape) != 3):
+    raise ValueError(f"learn_top=True applies to glow, realnvp and nice on images [H, W, C]; "
+                     f"got {name} on event_shape {list(event_shape)}")
   if name in cif_flows.NAMES:
     return _build_cif(name, event_shape, num_levels=num_levels, num_steps=num_steps,
                       hidden=hidden, seed=seed, permutation=permutation, placement=placement,
@@ -263,8 +273,12 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
                                           num_steps=num_steps, hidden=hidden, seed=seed,
                                           placement=placement)
     else:
+      top = (h // 2 ** num_levels, w // 2 ** num_levels, c * 2 ** (num_levels + 1))
       flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden,
-                          seed=seed, permutation=permutation, affine_scale=affine_scale)
+                          seed=seed, permutation=permutation, affine_scale=affine_scale,
+                          top_shape=top if learn_top else None)
+      if learn_top:
+        spec["learn_top"] = True
     if name == "nice":
       flow = L.ChainLayer([flow, L.ActNormLayer(c, event_ndims=3)])
   else:
