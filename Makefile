@@ -35,6 +35,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/resflow_bench.py
 	$(PY) bench/vi_bench.py
 	$(PY) bench/cif_bench.py --plot bench/out
+	$(PY) bench/mnist_bench.py --plot bench/out
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -20,10 +20,10 @@ r"""Training recipes of the flow papers: optimizer, learning-rate schedule, clip
   `tfpflows.training.fit_steps` keeps Keras from overwriting the raw weights at the end of
   `fit` (which `keras.Model.fit` does for `use_ema` optimizers), so resumed runs stay exact.
 
-What each costs and gains (measured on the MNIST recipe, README "Training recipes"): the
-schedule and clipping cost nothing measurable per step; the EMA costs one extra pass over
-the weights per step (a few percent for a small model) and usually gives a lower held-out
-NLL late in training; Adamax and Adam cost the same.
+What each costs (README "Training recipes"): on the small MNIST Glow of `glow_mnist_cpu`,
+interleaved rounds gave 3.05 steps/s plain, 3.02 with the EMA and 2.93 with warm-up,
+cosine decay and clipping together, within the rounds' own spread (about 15%). What each
+gains in held-out bits/dim was not measured here.
 """
 
 import contextlib

@@ -30,6 +30,13 @@ Runs never lose work (`tfpflows.training`):
 * A non-finite loss stops the run at that step with one line and exit status 3; no
   non-finite weights are checkpointed or exported.
 
+Recipes (`tfpflows.recipes`): --optimizer (adam, adamax), --learning_rate with
+--warmup_steps and --lr_decay (constant, cosine, linear to 0 at --steps), --clip_norm, --ema
+(evaluation, plots and export use the averaged weights), --precision, --n_bits, and
+--learn_top (Glow's learned top prior). --config=NAME sets a paper's architecture and recipe
+(`trainers.configs`); flags given beside it override it. `python -m trainers.evaluate`
+evaluates a finished run or a SavedModel.
+
 Bad input (flags, data, paths, a checkpoint of another model or other run settings) is
 reported as one line on stderr with exit status 2, before anything is written.
 """
