@@ -281,6 +281,7 @@ def test_help_lists_every_flag():
     assert f"--{flag}:" in text or f"--[no]{flag}:" in text, text
 
 
+@pytest.mark.xdist_group("toy_run")   # the module fixture, computed once
 def test_checkpoint_of_another_architecture_is_rejected(toy_run, tmp_path, capsys):
   """Without run.json (say, a checkpoint folder copied by hand) the shapes are checked."""
   import shutil  # pylint: disable=g-import-not-at-top
