@@ -139,6 +139,8 @@ CLI = {
     "unknown_optimizer": (None, ["--model=glow", "--dataset=moons", "--optimizer=sgd"],
                           "--optimizer"),
     "n_bits_nine": (None, ["--model=glow", "--dataset=moons", "--n_bits=9"], "n_bits"),
+    "precision_float16": (None, ["--model=glow", "--dataset=moons",
+                                 "--precision=mixed_float16"], "--precision"),
     "resume_with_another_optimizer": (lambda tmp: _run_json(tmp, optimizer="adamax"),
                                       ["--model=nice", "--dataset=moons"],
                                       "--optimizer=adam differs from the run"),

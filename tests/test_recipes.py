@@ -155,3 +155,18 @@ def test_clipping_bounds_the_update():
   assert float(tf.linalg.global_norm(grads)) > 1e-2   # clipping has work to do
   clipped = optimizer._clip_gradients(grads)
   assert float(tf.linalg.global_norm(clipped)) == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_an_exception_during_validation_leaves_the_raw_weights():
+  class _Boom(keras.callbacks.Callback):
+    def on_test_batch_end(self, batch, logs=None):
+      raise RuntimeError("boom")
+
+  flow = data.load_data("moons", batch_size=32, seed=0)
+  keras.utils.set_random_seed(0)
+  model, record = _model(learning_rate=1e-2, ema=0.9), _Record()
+  with pytest.raises(RuntimeError, match="boom"):
+    training.fit_steps(model, flow.train_from, steps=6, eval_every=3, verbose=0,
+                       validation_data=flow.heldout.take(2), callbacks=[record, _Boom()])
+  for got, want in zip(model.trainable_variables, record.weights[-1]):
+    np.testing.assert_array_equal(got.numpy(), want)

@@ -86,10 +86,15 @@ def fit_steps(model, train_from, *, steps, eval_every, validation_data=None, cal
       epochs = epoch + 1
     else:
       per_epoch, epochs = eval_every, epoch + (steps - start) // eval_every
-    with recipes.keep_raw_weights(model):
-      result = model.fit(train_from(start), steps_per_epoch=per_epoch, epochs=epochs,
-                         initial_epoch=epoch, validation_data=validation_data,
-                         callbacks=callbacks, verbose=verbose, shuffle=False)
+    try:
+      with recipes.keep_raw_weights(model):
+        result = model.fit(train_from(start), steps_per_epoch=per_epoch, epochs=epochs,
+                           initial_epoch=epoch, validation_data=validation_data,
+                           callbacks=callbacks, verbose=verbose, shuffle=False)
+    finally:   # an exception inside validation: the raw weights back in any case
+      for callback in callbacks:
+        if isinstance(callback, recipes.EMAValidation):
+          callback.on_test_end()
     for key, values in result.history.items():
       history.setdefault(key, []).extend(values)
     reached = steps_done(model)

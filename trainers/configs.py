@@ -47,9 +47,10 @@ PRESETS = {
              optimizer="adam", learning_rate=1e-3, batch_size=64, steps=500_000),
         source="Dinh, Sohl-Dickstein & Bengio 2017 (RealNVP), CIFAR-10",
         published_bpd=3.49, dataset="cifar10",
-        note="per level 3 checkerboard + 3 channel couplings, 64 feature maps; our "
-             "conditioner is Glow's 3-layer conv net, not RealNVP's residual networks; no "
-             "L2 penalty"),
+        note="6 couplings per level after the squeeze (masks: 2 checkerboard, 2 channel, "
+             "2 checkerboard; RealNVP has 3 checkerboard before the squeeze and 3 channel "
+             "after), 64 feature maps; our conditioner is Glow's 3-layer conv net, not "
+             "RealNVP's residual networks; no L2 penalty"),
     "resflow_mnist": Preset(
         dict(_RESFLOW, dataset="mnist", num_levels=2, steps=200_000),
         source="Chen, Behrmann, Duvenaud & Jacobsen 2019 (Residual Flows), MNIST",
