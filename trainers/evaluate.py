@@ -92,6 +92,7 @@ class EvalConfig:
   num_samples: Optional[int] = None
   repeats: int = 3
   output_dir: Optional[str] = None
+  n_bits: Optional[int] = None
   seed: int = 0
 
 
@@ -126,6 +127,10 @@ def _define_flags(fv):
                        "error.", lower_bound=1, flag_values=fv)
   flags.DEFINE_string("output_dir", None, "Where evaluation.json and the samples go "
                       "(default: --model_dir; required with --export_dir).", flag_values=fv)
+  flags.DEFINE_integer("n_bits", None, "Images: the bits per pixel the model was trained on "
+                       "(the trainer's --n_bits; default: the run's for --model_dir, 8 for "
+                       "--export_dir, whose SavedModel does not record it).", lower_bound=1,
+                       upper_bound=8, flag_values=fv)
   flags.DEFINE_integer("seed", d["seed"].default, "Seed of the estimators' repeats and the "
                        "samples.", flag_values=fv)
   flags.DEFINE_boolean("help", False, "Show this help.", flag_values=fv)
@@ -253,6 +258,8 @@ class _Run:
       overrides["batch_size"] = config.batch_size
     if config.data_dir:
       overrides["data_dir"] = config.data_dir
+    if config.n_bits is not None:
+      overrides["n_bits"] = config.n_bits
     run_config = train.config_from_run(config.model_dir)
     if config.num_importance_samples is not None:
       if run_config.model not in models.CIF_NAMES:
@@ -358,7 +365,8 @@ class _Export:
     self.config = train.Config(model=None, dataset=config.dataset, model_dir=None,
                                export_dir=path,
                                batch_size=config.batch_size or EXPORT_BATCH_SIZE,
-                               data_dir=config.data_dir, seed=config.seed)
+                               data_dir=config.data_dir, seed=config.seed,
+                               n_bits=config.n_bits or 8)
     self.is_cif = hasattr(self.loaded, "log_prob_k")
     if config.num_importance_samples is not None and not self.is_cif:
       raise UsageError(f"--num_importance_samples applies to the CIF models; the SavedModel "
