@@ -71,7 +71,22 @@ def setup_tf():
   return tf
 
 
-class Ours:
+class _Timed:
+  """Training for a given number of seconds of whole steps (`self._step()` each)."""
+
+  def train(self, seconds):
+    t0, steps = time.perf_counter(), 0
+    while True:
+      loss = self._step()
+      steps += 1
+      if time.perf_counter() - t0 >= seconds:
+        break
+    self.steps += steps
+    self.loss = loss
+    return dict(steps=steps, seconds=time.perf_counter() - t0, loss=loss)
+
+
+class Ours(_Timed):
   """A tfpflows model: the Glow shape (phase 1) or a trainer --config (phase 2)."""
 
   def __init__(self, args, preset):
@@ -117,17 +132,6 @@ class Ours:
     logs = logs.get_value() if hasattr(logs, "get_value") else logs
     return float(logs["loss"])
 
-  def train(self, seconds):
-    t0, steps = time.perf_counter(), 0
-    while True:
-      loss = self._step()
-      steps += 1
-      if time.perf_counter() - t0 >= seconds:
-        break
-    self.steps += steps
-    self.loss = loss
-    return dict(steps=steps, seconds=time.perf_counter() - t0, loss=loss)
-
   def evaluate(self):
     with self.recipes.ema_weights(self.model):
       total = 0.0
@@ -165,7 +169,7 @@ def build_normflows_glow(num_levels, num_steps, hidden):
   return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
 
 
-class Normflows:
+class Normflows(_Timed):
   def __init__(self, args):
     t_import = time.perf_counter()
     import numpy as np
@@ -199,7 +203,8 @@ class Normflows:
 
   def _batch(self):
     if self.pos + BATCH > len(self.order):
-      self.order, self.pos = torch_randperm(self.torch, len(self.train_x), self.gen), 0
+      self.order = self.torch.randperm(len(self.train_x), generator=self.gen)
+      self.pos = 0
     idx = self.order[self.pos:self.pos + BATCH]
     self.pos += BATCH
     x = self.train_x[idx]
@@ -213,17 +218,6 @@ class Normflows:
     self.opt.step()
     return float(loss.detach()) + self.log256
 
-  def train(self, seconds):
-    t0, steps = time.perf_counter(), 0
-    while True:
-      loss = self._step()
-      steps += 1
-      if time.perf_counter() - t0 >= seconds:
-        break
-    self.steps += steps
-    self.loss = loss
-    return dict(steps=steps, seconds=time.perf_counter() - t0, loss=loss)
-
   def evaluate(self):
     torch = self.torch
     total = 0.0
@@ -232,10 +226,6 @@ class Normflows:
         x = self.heldout[i:i + EVAL_BATCH] / 256.0 - 0.5
         total += float(self.model.log_prob(x, None).sum()) - self.log256 * len(x)
     return dict(bpd=bpd_from_log_prob(total / len(self.heldout)), steps=self.steps)
-
-
-def torch_randperm(torch, n, gen):
-  return torch.randperm(n, generator=gen)
 
 
 def worker_main(args) -> int:

@@ -154,25 +154,6 @@ def parse_temperatures(text):
   return values
 
 
-def _check_writable_dir(flag, path):
-  """`path` is, or can be created as, a writable folder; checked without writing."""
-  path = os.path.realpath(os.path.expanduser(path))
-  if os.path.exists(path):
-    if not os.path.isdir(path):
-      raise UsageError(f"{flag} {path!r} exists and is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-      raise UsageError(f"{flag} {path!r} is not writable")
-    return
-  ancestor = os.path.dirname(path)
-  while not os.path.exists(ancestor):
-    ancestor = os.path.dirname(ancestor)
-  if not os.path.isdir(ancestor):
-    raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is a file, not a "
-                     "directory")
-  if not os.access(ancestor, os.W_OK | os.X_OK):
-    raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is not writable")
-
-
 def _validate(config):
   if bool(config.model_dir) == bool(config.export_dir):
     given = "both" if config.model_dir else "neither"
@@ -197,7 +178,7 @@ def _validate(config):
     if path and not os.path.isdir(os.path.expanduser(path)):
       what = "is not a directory" if os.path.exists(path) else "does not exist"
       raise UsageError(f"{flag} {path!r} {what}")
-  _check_writable_dir("--output_dir" if config.output_dir else "--model_dir",
+  train.check_writable_dir("--output_dir" if config.output_dir else "--model_dir",
                       config.output_dir or config.model_dir)
 
 

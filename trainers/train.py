@@ -236,23 +236,29 @@ def _validate_paths(config):
                      f"{config.export_dir!r} (which an export replaces); give them separate "
                      "paths")
   for flag, path in (("--model_dir", model_dir), ("--export_dir", export_dir)):
-    if os.path.exists(path):
-      if not os.path.isdir(path):
-        raise UsageError(f"{flag} {path!r} exists and is not a directory")
-      if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path!r} is not writable")
-      continue
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor):
-      ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-      raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is a file, not a "
-                       "directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-      raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is not writable")
+    check_writable_dir(flag, path)
   if os.path.exists(export_dir) and not config.overwrite:
     raise UsageError(f"--export_dir {config.export_dir!r} already exists; pass --overwrite "
                      "to replace it")
+
+
+def check_writable_dir(flag, path):
+  """`path` is, or can be created as, a writable folder; checked without writing."""
+  path = os.path.realpath(os.path.expanduser(path))
+  if os.path.exists(path):
+    if not os.path.isdir(path):
+      raise UsageError(f"{flag} {path!r} exists and is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise UsageError(f"{flag} {path!r} is not writable")
+    return
+  ancestor = os.path.dirname(path)
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is a file, not a "
+                     "directory")
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise UsageError(f"{flag} {path!r} cannot be created: {ancestor!r} is not writable")
 
 
 def _validate_batch_size(config, event_shape):
