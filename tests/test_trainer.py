@@ -171,6 +171,7 @@ def test_cif_models_in_the_trainer(tmp_path, model, kind):
   served = tf.saved_model.load(export_dir)
   assert sorted(served.signatures) == ["decode", "elbo", "encode", "log_prob", "log_prob_k",
                                        "sample", "serving_default"]
+  assert int(served.default_num_samples.numpy()) == 7   # --num_importance_samples, recorded
   assert all(os.path.getsize(p) > 1000 for p in result["plots"])
   diagnostics = _scalars(os.path.join(model_dir, "tensorboard", "diagnostics"))
   figures = {tag.split("/")[-1] for tag in diagnostics}

@@ -17,7 +17,8 @@ A `CIFModel` (continuously indexed flow) has no exact density; its SavedModel se
   `default_num_samples` `K` (100 for vectors, 10 for images), so a server calls every
   model the same way; `serving_default` is `log_prob`.
 * `log_prob_k(x, num_samples) -> [batch]`: the same with `K` given (a graph assertion
-  refuses `K < 1`).
+  refuses `K < 1`). The default `K` is saved too: `loaded.default_num_samples` (an int32
+  variable).
 * `elbo(x) -> [batch]`: one draw of `log p(x, u) - log q(u | x)`.
 * `sample(n, temperature)` as above (exact ancestral samples).
 * `encode(x) -> z_L` with one draw `u ~ q(u | x)` per layer, and `decode(z) -> data` with
@@ -32,10 +33,10 @@ import os
 import shutil
 import tempfile
 
-import keras
 import tensorflow as tf
 
 from tfpflows.checkpoint import NonFiniteError, all_finite
+from tfpflows.layers.base import tf_variable
 
 __all__ = ["export_saved_model", "sweep_stale_exports"]
 
@@ -114,11 +115,19 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
   event_spec = tf.TensorSpec([None, *model.event_shape], tf.float32)
   latent_spec = tf.TensorSpec([None, *model.latent_shape], tf.float32)
 
-  archive = keras.export.ExportArchive()
-  archive.track(model)
+  # A plain `tf.Module` holding the weights, the generator and one `tf.function` per
+  # signature, saved by `tf.saved_model.save`, which traces each once, inside its save
+  # context. (Keras' `ExportArchive` traces every endpoint twice: once outside that context
+  # to list the variables, once inside, since the save context is part of TF's trace key;
+  # for a residual or CIF model that doubled the export's time.)
+  module = tf.Module()
+  module.model_variables = [tf_variable(v) for v in model.variables]
   with tf.init_scope():
     generator = tf.random.Generator.from_seed(seed)
-  archive.track(generator)   # a TF trackable: its state is saved with the model
+  module.generator = generator   # a TF trackable: its state is saved with the model
+
+  def endpoint(name, fn, signature):
+    setattr(module, name, tf.function(fn, input_signature=signature, autograph=False))
 
   def log_prob(x):
     return model.log_prob(x)
@@ -133,32 +142,38 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
     def draw():
       return tf.cast(generator.make_seeds(1)[:, 0], tf.int32)
 
-    def cif_log_prob(x):
-      return model.log_prob(x, seed=draw())
-
     def log_prob_k(x, num_samples):
       return model.log_prob(x, num_samples, seed=draw())
 
-    archive.add_endpoint("log_prob", cif_log_prob, input_signature=[event_spec])
-    archive.add_endpoint("log_prob_k", log_prob_k, input_signature=[
-        event_spec, tf.TensorSpec([], tf.int32, name="num_samples")])
-    archive.add_endpoint("elbo", lambda x: model.elbo(x, seed=draw()),
-                         input_signature=[event_spec])
-    archive.add_endpoint("sample", sample, input_signature=sample_spec)
-    archive.add_endpoint("encode", lambda x: model.encode(x, seed=draw()),
-                         input_signature=[event_spec])
-    archive.add_endpoint("decode", lambda z: model.decode(z, seed=draw()),
-                         input_signature=[latent_spec])
+    default_k = int(model.default_num_samples)
+    # Recorded for readers (`trainers.evaluate`): `loaded.default_num_samples`.
+    module.default_num_samples = tf.Variable(default_k, dtype=tf.int32, trainable=False,
+                                             name="default_num_samples")
+
+    def cif_log_prob(x):   # calls log_prob_k's graph: one trace serves both
+      return module.log_prob_k(x, tf.constant(default_k, tf.int32))
+
+    names = ["log_prob", "log_prob_k", "elbo", "sample", "encode", "decode"]
+    endpoint("log_prob_k", log_prob_k, [event_spec,
+                                        tf.TensorSpec([], tf.int32, name="num_samples")])
+    endpoint("log_prob", cif_log_prob, [event_spec])
+    endpoint("elbo", lambda x: model.elbo(x, seed=draw()), [event_spec])
+    endpoint("sample", sample, sample_spec)
+    endpoint("encode", lambda x: model.encode(x, seed=draw()), [event_spec])
+    endpoint("decode", lambda z: model.decode(z, seed=draw()), [latent_spec])
   else:
-    archive.add_endpoint("log_prob", log_prob, input_signature=[event_spec])
-    archive.add_endpoint("sample", sample, input_signature=sample_spec)
-    archive.add_endpoint("encode", model.encode, input_signature=[event_spec])
-    archive.add_endpoint("decode", model.decode, input_signature=[latent_spec])
+    names = ["log_prob", "sample", "encode", "decode"]
+    endpoint("log_prob", log_prob, [event_spec])
+    endpoint("sample", sample, sample_spec)
+    endpoint("encode", model.encode, [event_spec])
+    endpoint("decode", model.decode, [latent_spec])
+  signatures = {name: getattr(module, name) for name in names}
+  signatures["serving_default"] = module.log_prob
 
   tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
   try:
     path = os.path.join(tmp, "saved_model")
-    archive.write_out(path, verbose=False)
+    tf.saved_model.save(module, path, signatures=signatures)
     if os.path.exists(export_dir):
       old = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-old-", dir=parent)
       os.rename(export_dir, os.path.join(old, "x"))

@@ -386,10 +386,13 @@ class _Export:
   def _default_k(self, seed, x):
     """The K of the export's `log_prob`, or None if it cannot be told.
 
-    The SavedModel records no K: candidates (the `[K]` constant of the tiling in its
+    Exports record it (`default_num_samples`); for older ones, candidates (the `[K]` constant of the tiling in its
     log_prob graph, the library's default for this data) are each verified by calling
     `log_prob` and `log_prob_k(K)` from the same seed state, which agree only for its K.
     """
+    recorded = getattr(self.loaded, "default_num_samples", None)
+    if recorded is not None:                 # exports since 2026-12-04 record it
+      return int(recorded.numpy())
     kind = "image" if self.data.is_image else "vector"
     candidates = dict.fromkeys(_tile_constants(self.loaded.signatures["log_prob"])
                                + [DEFAULT_NUM_SAMPLES[kind]])

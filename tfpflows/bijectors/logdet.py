@@ -201,19 +201,28 @@ def _series(vjp, v, num_terms, weight, max_iterations, *, neumann):
   return logdet, (neumann_vec if neumann else None)
 
 
-def residual_log_det(g, x, estimator, seed, event_ndims):
-  """Returns `(g(x), log det(I + J_g(x)) estimate [batch], number of terms used)`.
+def residual_log_det(g, x, estimator, seed, event_ndims, params=None):
+  """Returns `(g(x), log det(I + J_g(x)) estimate [batch], number of series terms used)`.
 
   Args:
-    g: callable on `[B, *event]` batches.
+    g: callable on `[B, *event]` batches, `g(x)`; or, with `params`, `g(x, params)`.
     x: `[B, *event]` float tensor.
     estimator: a `LogDetEstimator`.
     seed: stateless seed, int32 `[2]` (ignored by `"exact"`).
     event_ndims: rank of one event.
+    params: optional tuple of tensors, `g`'s parameters as explicit inputs. The Neumann
+      gradient then differentiates `g` with respect to them, and gradients reach whatever
+      made them (spectral normalisation, variables) by ordinary backpropagation, once:
+      the same gradient as a `g` that reads its variables itself, from a smaller graph.
   """
   est = estimator
+  if params is not None:
+    params = tuple(params)
+    plain = lambda x: g(x, params)
+  else:
+    plain = g
   if est.method == "exact":
-    gx, logdet = _exact(g, x, event_ndims)
+    gx, logdet = _exact(plain, x, event_ndims)
     return gx, logdet, tf.constant(0)
   probe_seed, n_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   num_terms, weight = _num_terms(est, n_seed)
@@ -230,25 +239,35 @@ def residual_log_det(g, x, estimator, seed, event_ndims):
   if not est.neumann_gradient:
     with tf.GradientTape(persistent=True) as tape:
       tape.watch(xs)
-      gxs = g(xs)
+      gxs = plain(xs)
     vjp = lambda w: tape.gradient(gxs, xs, output_gradients=w)
     logdet, _ = _series(vjp, v, num_terms, weight, max_iterations, neumann=False)
     return gxs[:batch] if probes > 1 else gxs, average(logdet), num_terms
-  gxs, logdet = _neumann_log_det(g, xs, v, num_terms, weight, max_iterations)
+  gxs, logdet = _neumann_log_det(g, xs, v, num_terms, weight, max_iterations, params)
   return gxs[:batch] if probes > 1 else gxs, average(logdet), num_terms
 
 
-def _neumann_log_det(g, x, v, num_terms, weight, max_iterations):
-  """(g(x), log-det estimate) whose gradient is the Neumann estimator, computed now."""
+def _neumann_log_det(g, x, v, num_terms, weight, max_iterations, params=None):
+  """(g(x), log-det estimate) whose gradient is the Neumann estimator, computed now.
+
+  With `params`, `g(x, params)` and the parameter gradients are returned for `params`
+  (explicit inputs of the custom gradient); variables `g` reads itself get theirs too.
+  """
   axes = list(range(1, x.shape.rank))
+  explicit = params is not None
+  params = tuple(params) if explicit else ()
+  n_params = len(params)
 
   @tf.custom_gradient
-  def estimate(x):
+  def estimate(x, *params):
+    call = (lambda x: g(x, params)) if explicit else g
     with tf.GradientTape() as outer:
       outer.watch(x)
+      outer.watch(params)
       with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        gx = g(x)
+        tape.watch(params)
+        gx = call(x)
       with outer.stop_recording():
         vjp = lambda w: tape.gradient(gx, x, output_gradients=w)
         logdet, neumann_vec = _series(vjp, v, num_terms, weight, max_iterations, neumann=True)
@@ -256,26 +275,29 @@ def _neumann_log_det(g, x, v, num_terms, weight, max_iterations):
       # Surrogate whose gradient is the Neumann estimator: (sum_k (-1)^k c_k v^T J^k) J v.
       surrogate = tf.reduce_sum(tape.gradient(gx, x, output_gradients=neumann_vec) * v)
     watched = [w for w in outer.watched_variables() if w.trainable]
-    grads = outer.gradient(surrogate, [x] + watched,
+    grads = outer.gradient(surrogate, [x, *params] + watched,
                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    grad_x, var_grads = grads[0], {w.ref(): d for w, d in zip(watched, grads[1:])}
+    grad_x, grad_params = grads[0], grads[1:1 + n_params]
+    var_grads = {w.ref(): d for w, d in zip(watched, grads[1 + n_params:])}
 
     def grad_fn(d_gx, d_logdet, variables=None):
       variables = list(variables or [])
       if d_gx is None:
         d_gx = tf.zeros_like(gx)
-      back = tape.gradient(gx, [x] + variables, output_gradients=d_gx,
+      back = tape.gradient(gx, [x, *params] + variables, output_gradients=d_gx,
                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
       d_logdet = tf.zeros(tf.shape(x)[:1], x.dtype) if d_logdet is None else d_logdet
       per_example = tf.reshape(d_logdet, [-1] + [1] * len(axes))
       dx = back[0] + per_example * grad_x
       scale = tf.reduce_mean(d_logdet)  # the upstream gradient, uniform over the batch
+      dparams = [d + tf.cast(scale, d.dtype) * tf.cast(extra, d.dtype)
+                 for d, extra in zip(back[1:1 + n_params], grad_params)]
       dvars = []
-      for var, d in zip(variables, back[1:]):
+      for var, d in zip(variables, back[1 + n_params:]):
         extra = var_grads.get(var.ref())
         dvars.append(d if extra is None else d + scale * tf.cast(extra, d.dtype))
-      return dx, dvars
+      return [dx, *dparams], dvars
 
     return (gx, logdet), grad_fn
 
-  return estimate(x)
+  return estimate(x, *params)

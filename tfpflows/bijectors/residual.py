@@ -55,6 +55,11 @@ class ResidualBlock(tfb.Bijector):
     event_ndims: 1 for vectors, 3 for images.
     seed: stateless seed (int or int32 `[2]` tensor) of the estimator, or None.
     fuse_logdet: compute the log-det within `inverse` (see above).
+    g_params: optional tuple of tensors; then `g` is called as `g(x, g_params)`. The
+      Neumann gradient differentiates `g` in these explicit inputs only, and whatever made
+      them (a spectral normalisation of the variables) is backpropagated once, outside
+      the estimator: the same gradients from a much smaller graph
+      (`tfpflows.layers.LipschitzNetwork.parametric` gives such a pair).
 
   References:
     Behrmann et al., "Invertible Residual Networks", ICML 2019.
@@ -62,7 +67,8 @@ class ResidualBlock(tfb.Bijector):
   """
 
   def __init__(self, g, *, logdet=None, inverse=None, event_ndims=1, seed=None,
-               fuse_logdet=False, validate_args=False, name="residual_block"):
+               fuse_logdet=False, g_params=None, validate_args=False,
+               name="residual_block"):
     parameters = dict(locals())
     if not callable(g):
       raise TypeError(f"ResidualBlock: g must be callable, got {type(g).__name__}")
@@ -76,6 +82,8 @@ class ResidualBlock(tfb.Bijector):
                       f"{type(inverse).__name__}")
     with tf.name_scope(name) as name:
       self._g = g
+      self._g_params = None if g_params is None else tuple(g_params)
+      parameters["g_params"] = self._g_params
       self._logdet = logdet
       self._inverse_config = inverse
       self._event_ndims = _shapes.validate_event_ndims(event_ndims, "ResidualBlock")
@@ -106,14 +114,23 @@ class ResidualBlock(tfb.Bijector):
   # -- the two directions, with diagnostics --------------------------------------------
 
   def _g_events(self, x):
+    if self._g_params is not None:
+      return tf.cast(self._g(x, self._g_params), x.dtype)
     return tf.cast(self._g(x), x.dtype)
+
+  def _g_of_params(self, x, params):
+    return tf.cast(self._g(x, params), x.dtype)
 
   def inverse_and_log_det(self, y):
     """`(z = y + g(y), log det(I + J_g(y)) estimate, number of series terms)`."""
     y = tf.convert_to_tensor(y)
     flat, batch_shape = _shapes.flatten_batch(y, self._event_ndims)
-    gy, logdet, n = ld.residual_log_det(self._g_events, flat, self._logdet, self._seed,
-                                        self._event_ndims)
+    if self._g_params is None:
+      gy, logdet, n = ld.residual_log_det(self._g_events, flat, self._logdet, self._seed,
+                                          self._event_ndims)
+    else:
+      gy, logdet, n = ld.residual_log_det(self._g_of_params, flat, self._logdet, self._seed,
+                                          self._event_ndims, params=self._g_params)
     z = flat + gy
     return (_shapes.unflatten_batch(z, batch_shape, self._event_ndims),
             _shapes.unflatten_batch(logdet, batch_shape, 0), n)

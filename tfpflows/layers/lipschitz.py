@@ -41,18 +41,56 @@ References:
 """
 
 import functools
-import weakref
 
 import keras
 import tensorflow as tf
 
-# layer -> its power iteration as a `tf.function`, for eager calls (`_power_iteration`).
-# Kept off the layer: a `tf.function` attribute would be tracked into SavedModels.
-_EAGER_ITERATION = weakref.WeakKeyDictionary()
+# Operator key -> the power iteration as a `tf.function`, for eager calls
+# (`_power_iteration`). Layers whose operators agree (same kind, padding, epsilon,
+# tolerance) share one function, and so one trace per argument shape: the 24 layers of an
+# 8-block 2D residual flow trace 3 graphs, not 24. Kept off the layers: a `tf.function`
+# attribute would be tracked into SavedModels.
+_EAGER_ITERATION = {}
 
 
-def _iterate_weakly(layer_ref, kernel, u, v, n):
-  return layer_ref()._iterate_loop(kernel, u, v, n)  # pylint: disable=protected-access
+def _power_loop(op, adjoint, epsilon, tol, kernel, u, v, n):
+  """At most `n` steps `u <- op(W, v) / ||.||`, `v <- adjoint(W, u) / ||.||` (a
+  `tf.while_loop`); with `tol`, stops once both unit vectors move less than `tol`."""
+
+  def normalize(x, old):
+    norm = tf.norm(tf.reshape(x, [-1]))
+    return tf.where(norm > epsilon, x / tf.maximum(norm, epsilon), old)
+
+  def body(i, _, u, v):
+    u_new = normalize(op(kernel, v), u)
+    v_new = normalize(adjoint(kernel, u_new), v)
+    if tol is None:
+      done = tf.constant(False)
+    else:
+      done = tf.logical_and(tf.norm(tf.reshape(u_new - u, [-1])) < tol,
+                            tf.norm(tf.reshape(v_new - v, [-1])) < tol)
+    return i + 1, done, u_new, v_new
+
+  _, _, u, v = tf.while_loop(lambda i, done, u, v: tf.logical_and(i < n, tf.logical_not(done)),
+                             body, (tf.constant(0), tf.constant(False), u, v),
+                             maximum_iterations=n)
+  return u, v
+
+
+def _matvec_op(kernel, v):
+  return tf.linalg.matvec(kernel, v, transpose_a=True)
+
+
+def _matvec_adjoint(kernel, u):
+  return tf.linalg.matvec(kernel, u)
+
+
+def _conv_op(padding, kernel, v):
+  return tf.nn.conv2d(v, kernel, strides=1, padding=padding)
+
+
+def _conv_adjoint(padding, v_shape, kernel, u):
+  return tf.nn.conv2d_transpose(u, kernel, output_shape=v_shape, strides=1, padding=padding)
 
 
 _SERIALIZABLE = keras.saving.register_keras_serializable(package="tfpflows")
@@ -85,9 +123,9 @@ class _SpectralNormBase(keras.layers.Layer):
   """Shared power iteration and normalisation; subclasses define the operator.
 
   Subclasses set `self.kernel`, `self.bias` (or None), `self.u`, `self.v` in `build` and
-  implement `_op(kernel, v) -> u-shaped`, `_adjoint(kernel, u) -> v-shaped` and
-  `_apply(x, kernel)`. `_op` and `_adjoint` take the kernel in the form returned by
-  `_iteration_kernel` (the 1x1 convolution's matrix).
+  implement `_operator()` (a key and pure functions `op(kernel, v) -> u-shaped`,
+  `adjoint(kernel, u) -> v-shaped`) and `_apply(x, kernel)`. `op` and `adjoint` take the
+  kernel in the form returned by `_iteration_kernel` (the 1x1 convolution's matrix).
   """
 
   def __init__(self, *, coeff=0.98, n_iterations=1, eval_iterations=None, tolerance=None,
@@ -128,10 +166,10 @@ class _SpectralNormBase(keras.layers.Layer):
   def _iteration_kernel(self, kernel):
     return kernel
 
-  def _normalize(self, x, old):
-    """`x / ||x||`, or `old` where `||x||` is ~0 (a zero kernel): the vectors stay unit."""
-    norm = tf.norm(tf.reshape(x, [-1]))
-    return tf.where(norm > self.epsilon, x / tf.maximum(norm, self.epsilon), old)
+  def _operator(self):
+    """`(key, op, adjoint)`: the power iteration's operator as pure functions of
+    `(kernel, vector)`; layers with equal keys iterate identically (shared eager traces)."""
+    return ("matvec",), _matvec_op, _matvec_adjoint
 
   def _power_iteration(self, kernel, u, v, n):
     """At most `n` steps `u <- W v / ||W v||`, `v <- W^T u / ||W^T u||`, no gradient.
@@ -147,33 +185,18 @@ class _SpectralNormBase(keras.layers.Layer):
     kernel = tf.stop_gradient(self._iteration_kernel(kernel))
     if n == 0:
       return u, v
+    key, op, adjoint = self._operator()
     if tf.executing_eagerly():
-      compiled = _EAGER_ITERATION.get(self)
+      key = key + (self.epsilon, self.tolerance)
+      compiled = _EAGER_ITERATION.get(key)
       if compiled is None:
-        # A weak reference (a bound method would keep the layer alive), in a partial: TF
-        # counts traces per code object, and one trace per layer is not "retracing".
-        compiled = _EAGER_ITERATION[self] = tf.function(
-            functools.partial(_iterate_weakly, weakref.ref(self)), autograph=False)
+        # One function per operator key, traced once per argument shapes (a partial: TF
+        # counts traces per code object, and one trace per shape is not "retracing").
+        compiled = _EAGER_ITERATION[key] = tf.function(
+            functools.partial(_power_loop, op, adjoint, self.epsilon, self.tolerance),
+            autograph=False)
       return compiled(kernel, u, v, tf.constant(n, tf.int32))
-    return self._iterate_loop(kernel, u, v, n)
-
-  def _iterate_loop(self, kernel, u, v, n):
-    tol = self.tolerance
-
-    def body(i, _, u, v):
-      u_new = self._normalize(self._op(kernel, v), u)
-      v_new = self._normalize(self._adjoint(kernel, u_new), v)
-      if tol is None:
-        done = tf.constant(False)
-      else:
-        done = tf.logical_and(tf.norm(tf.reshape(u_new - u, [-1])) < tol,
-                              tf.norm(tf.reshape(v_new - v, [-1])) < tol)
-      return i + 1, done, u_new, v_new
-
-    _, _, u, v = tf.while_loop(lambda i, done, u, v: tf.logical_and(i < n, tf.logical_not(done)),
-                               body, (tf.constant(0), tf.constant(False), u, v),
-                               maximum_iterations=n)
-    return u, v
+    return _power_loop(op, adjoint, self.epsilon, self.tolerance, kernel, u, v, n)
 
   def _vectors(self, kernel, training):
     u = tf.convert_to_tensor(self.u.value)
@@ -191,7 +214,7 @@ class _SpectralNormBase(keras.layers.Layer):
   def _sigma(self, kernel, u, v):
     """`|u^T W v|`: differentiable in `W`, with `u`, `v` constants (> 0 after one step)."""
     kernel = self._iteration_kernel(tf.cast(kernel, u.dtype))
-    return tf.abs(tf.reduce_sum(u * self._op(kernel, v)))
+    return tf.abs(tf.reduce_sum(u * self._operator()[1](kernel, v)))
 
   def normalized_kernel(self, training=False):
     """`W / max(1, sigma / coeff)`: the kernel `call` uses (same iteration and write-back)."""
@@ -292,12 +315,6 @@ class SpectralNormDense(_SpectralNormBase):
                                  name="bias") if self.use_bias else None)
     self._add_vectors((self.units,), (d_in,))
 
-  def _op(self, kernel, v):
-    return tf.linalg.matvec(kernel, v, transpose_a=True)
-
-  def _adjoint(self, kernel, u):
-    return tf.linalg.matvec(kernel, u)
-
   def _apply(self, x, kernel):
     return keras.ops.matmul(x, kernel)
 
@@ -367,16 +384,12 @@ class SpectralNormConv2D(_SpectralNormBase):
   def _iteration_kernel(self, kernel):
     return kernel[0, 0] if self._is_1x1 else kernel
 
-  def _op(self, kernel, v):
+  def _operator(self):
     if self._is_1x1:
-      return tf.linalg.matvec(kernel, v, transpose_a=True)
-    return tf.nn.conv2d(v, kernel, strides=1, padding=self.padding.upper())
-
-  def _adjoint(self, kernel, u):
-    if self._is_1x1:
-      return tf.linalg.matvec(kernel, u)
-    return tf.nn.conv2d_transpose(u, kernel, output_shape=self.v.shape, strides=1,
-                                  padding=self.padding.upper())
+      return ("matvec",), _matvec_op, _matvec_adjoint
+    padding, v_shape = self.padding.upper(), tuple(self.v.shape)
+    return (("conv", padding, v_shape), functools.partial(_conv_op, padding),
+            functools.partial(_conv_adjoint, padding, v_shape))
 
   def _apply(self, x, kernel):
     return tf.nn.conv2d(x, kernel, strides=1, padding=self.padding.upper())
@@ -485,6 +498,41 @@ class LipschitzNetwork(keras.layers.Layer):
       shape = tuple(layer.compute_output_shape(shape))
     return shape
 
+  def parametric(self, training=False):
+    """`g` as a pure function of explicit tensors: `(fn, params)` with `fn(x, params) = g(x)`.
+
+    `params` are the values `call` would use now: each spectral-norm layer's normalised
+    kernel `W / max(1, sigma / c)` (its power iteration run here, with the training
+    write-back when `training`) and bias, each LipSwish's `beta`; gradients reach the raw
+    weights through them. A residual block's Neumann log-det gradient differentiates `fn`
+    in `params` only (`bijectors.ResidualBlock(g_params=...)`), so the spectral
+    normalisation is differentiated once, not in every pass of the estimator; repeated
+    evaluations (the fixed-point inverse, the exact log-det) run the power iteration once.
+    Each step computes in its layer's compute dtype, as the Keras call would.
+    """
+    steps, params = [], []
+    for layer in self.net_layers:
+      if isinstance(layer, _SpectralNormBase):
+        values = [layer.normalized_kernel(training=training)]
+        if layer.bias is not None:
+          values.append(tf.convert_to_tensor(layer.bias.value))
+        step = functools.partial(_apply_spectral, layer)
+      elif isinstance(layer, LipSwish):
+        values = [layer.beta]
+        step = functools.partial(_apply_lipswish, layer)
+      else:
+        values = []
+        step = functools.partial(_apply_layer, layer)
+      steps.append((step, len(params), len(params) + len(values)))
+      params.extend(values)
+
+    def fn(x, params):
+      for step, start, stop in steps:
+        x = step(params[start:stop], x)
+      return x
+
+    return fn, tuple(params)
+
   def frozen(self):
     """`g` in the evaluation setting as a plain function, its kernels normalised once.
 
@@ -495,21 +543,8 @@ class LipschitzNetwork(keras.layers.Layer):
     """
     if not self.built:                   # the first call builds the weights
       return lambda x: self(x, training=False)
-    steps = []
-    for layer in self.net_layers:
-      if isinstance(layer, _SpectralNormBase):
-        kernel = layer.normalized_kernel(training=False)
-        bias = None if layer.bias is None else tf.convert_to_tensor(layer.bias.value)
-        steps.append(functools.partial(_apply_frozen, layer, kernel, bias))
-      else:
-        steps.append(layer)
-
-    def g(x):
-      for step in steps:
-        x = step(x)
-      return x
-
-    return g
+    fn, params = self.parametric(training=False)
+    return lambda x: fn(x, params)
 
   def lipschitz_bound(self, n_iterations=None):
     """Product of the normalised spectral norms (`<= coeff ** num_spectral_layers`)."""
@@ -535,9 +570,27 @@ class LipschitzNetwork(keras.layers.Layer):
     return cls(**config)
 
 
-def _apply_frozen(layer, kernel, bias, x):
-  y = layer._apply(x, tf.cast(kernel, x.dtype))  # pylint: disable=protected-access
-  return y if bias is None else y + tf.cast(bias, y.dtype)
+def _compute(layer, x):
+  """`x` in `layer`'s compute dtype (Keras' autocast of a floating input)."""
+  dtype = tf.as_dtype(layer.compute_dtype)
+  return tf.cast(x, dtype) if x.dtype.is_floating and x.dtype != dtype else x
+
+
+def _apply_spectral(layer, params, x):
+  x = _compute(layer, x)
+  y = layer._apply(x, tf.cast(params[0], x.dtype))  # pylint: disable=protected-access
+  return y + tf.cast(params[1], y.dtype) if len(params) > 1 else y
+
+
+def _apply_lipswish(layer, params, x):
+  x = _compute(layer, x)
+  beta = tf.cast(params[0], x.dtype)
+  return x * tf.sigmoid(beta * x) / 1.1
+
+
+def _apply_layer(layer, params, x):
+  del params
+  return layer(x)
 
 
 def _widths(hidden):

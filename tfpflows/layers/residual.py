@@ -79,15 +79,17 @@ class ResidualLayer(BijectorLayer):
     overrides the estimator."""
     estimator = logdet or (self.train_logdet if training else self.eval_logdet)
     seed = self._next_seed(training) if estimator.stochastic else tf.zeros([2], tf.int32)
-    frozen = getattr(self.network, "frozen", None)
-    if not training and callable(frozen):
-      g = frozen()                       # spectral norms computed once for this block
+    parametric = getattr(self.network, "parametric", None)
+    if callable(parametric) and self.network.built:
+      # Spectral norms computed once for this block, outside the log-det estimator: `g`'s
+      # parameters are explicit inputs of its Neumann gradient (a smaller graph).
+      g, params = parametric(training=training)
     else:
-      g = lambda x: self.network(x, training=training)
+      g, params = (lambda x: self.network(x, training=training)), None
     return bijectors.ResidualBlock(
         g, logdet=estimator,
         inverse=self.inverse_config, event_ndims=self.event_ndims, seed=seed,
-        fuse_logdet=training, name=self.name)
+        fuse_logdet=training, g_params=params, name=self.name)
 
   def warm_up(self):
     """Warms up `g`'s spectral-norm power iteration (`FlowModel.initialize` calls it).

@@ -300,7 +300,6 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
       flow = L.ChainLayer(layers)
   model = FlowModel(flow, event_shape, image=image, spec=spec, base=base, name=f"{name}_flow")
   model.build()  # every weight exists now, inside the caller's distribution scope
-  model(tf.zeros((1,) + event_shape))  # creates every weight now, inside the caller's scope
   return model
 
 
