@@ -268,3 +268,13 @@ def test_diagnostics_report_the_index_gap_and_the_effective_sample_size():
   report = model.diagnostics(x, num_samples=50)
   assert all(abs(report[f"{n}/u_gap"]) < 1e-6 for n in names), report
   assert report["ess"] == pytest.approx(50., rel=1e-4)
+
+
+def test_k_sample_training_bound_is_refused_over_the_neumann_gradient():
+  """The K-sample bound weights draws unequally; the Neumann log-det gradient assumes equal
+  weights: the combination is a one-line ValueError, other base flows accept it."""
+  resflow = build_flow("cif-resflow", (2,), num_steps=1, hidden=8)
+  with pytest.raises(ValueError, match="train_num_samples: .* Neumann log-det gradient"):
+    CIFModel(resflow.stages, (2,), train_num_samples=2)
+  realnvp = build_flow("cif-realnvp", (2,), num_steps=1, hidden=8)
+  assert CIFModel(realnvp.stages, (2,), train_num_samples=2).train_num_samples == 2

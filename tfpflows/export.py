@@ -11,14 +11,17 @@ serves it without tfpflows, Keras or TFP installed. Signatures:
   `tf.random.Generator` saved with the model; its seed is `export_saved_model`'s `seed`.
 * `encode(x) -> latent` (the inverse of the flow) and `decode(z) -> data` (the forward).
 
+The weights are listed as `loaded.variables`, `loaded.trainable_variables` and
+`loaded.non_trainable_variables`.
+
 A `CIFModel` (continuously indexed flow) has no exact density; its SavedModel serves:
 
 * `log_prob(x) -> [batch]`: the importance-sampled estimate with the model's
   `default_num_samples` `K` (100 for vectors, 10 for images), so a server calls every
   model the same way; `serving_default` is `log_prob`.
 * `log_prob_k(x, num_samples) -> [batch]`: the same with `K` given (a graph assertion
-  refuses `K < 1`). The default `K` is saved too: `loaded.default_num_samples` (an int32
-  variable).
+  refuses `K < 1`). The default `K` is saved too: `loaded.default_num_samples`, an int32
+  variable that `log_prob` reads at each call.
 * `elbo(x) -> [batch]`: one draw of `log p(x, u) - log q(u | x)`.
 * `sample(n, temperature)` as above (exact ancestral samples).
 * `encode(x) -> z_L` with one draw `u ~ q(u | x)` per layer, and `decode(z) -> data` with
@@ -115,13 +118,17 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
   event_spec = tf.TensorSpec([None, *model.event_shape], tf.float32)
   latent_spec = tf.TensorSpec([None, *model.latent_shape], tf.float32)
 
-  # A plain `tf.Module` holding the weights, the generator and one `tf.function` per
+  # A plain trackable holding the weights, the generator and one `tf.function` per
   # signature, saved by `tf.saved_model.save`, which traces each once, inside its save
   # context. (Keras' `ExportArchive` traces every endpoint twice: once outside that context
   # to list the variables, once inside, since the save context is part of TF's trace key;
   # for a residual or CIF model that doubled the export's time.)
-  module = tf.Module()
-  module.model_variables = [tf_variable(v) for v in model.variables]
+  module = tf.__internal__.tracking.AutoTrackable()
+  # The weights, listed as Keras' ExportArchive listed them: `loaded.variables`,
+  # `loaded.trainable_variables`, `loaded.non_trainable_variables`.
+  module.variables = [tf_variable(v) for v in model.variables]
+  module.trainable_variables = [v for v in module.variables if v.trainable]
+  module.non_trainable_variables = [v for v in module.variables if not v.trainable]
   with tf.init_scope():
     generator = tf.random.Generator.from_seed(seed)
   module.generator = generator   # a TF trackable: its state is saved with the model
@@ -145,13 +152,12 @@ def export_saved_model(model, export_dir, *, overwrite=False, seed=0):
     def log_prob_k(x, num_samples):
       return model.log_prob(x, num_samples, seed=draw())
 
-    default_k = int(model.default_num_samples)
-    # Recorded for readers (`trainers.evaluate`): `loaded.default_num_samples`.
-    module.default_num_samples = tf.Variable(default_k, dtype=tf.int32, trainable=False,
-                                             name="default_num_samples")
+    # `log_prob`'s K, read by it at each call: `loaded.default_num_samples` is the K it uses.
+    module.default_num_samples = tf.Variable(int(model.default_num_samples), dtype=tf.int32,
+                                             trainable=False, name="default_num_samples")
 
     def cif_log_prob(x):   # calls log_prob_k's graph: one trace serves both
-      return module.log_prob_k(x, tf.constant(default_k, tf.int32))
+      return module.log_prob_k(x, module.default_num_samples.read_value())
 
     names = ["log_prob", "log_prob_k", "elbo", "sample", "encode", "decode"]
     endpoint("log_prob_k", log_prob_k, [event_spec,

@@ -367,7 +367,7 @@ class _Export:
     self.seedable = bool(self._states or self._generators)
 
   def probe(self, seed, x):
-    """Names the estimator; the export records no settings, so it is found by calling it."""
+    """Names the estimator: found by calling it (an export records only a CIF model's K)."""
     if self.is_cif:
       if self.num_importance_samples is None:
         self.num_importance_samples = self._default_k(seed, x[:8])
@@ -386,8 +386,9 @@ class _Export:
   def _default_k(self, seed, x):
     """The K of the export's `log_prob`, or None if it cannot be told.
 
-    Exports record it (`default_num_samples`); for older ones, candidates (the `[K]` constant of the tiling in its
-    log_prob graph, the library's default for this data) are each verified by calling
+    Exports record it (`default_num_samples`); for older ones, candidates (the `[K]`
+    constant of the tiling in its log_prob graph, the library's default for this data)
+    are each verified by calling
     `log_prob` and `log_prob_k(K)` from the same seed state, which agree only for its K.
     """
     recorded = getattr(self.loaded, "default_num_samples", None)

@@ -34,9 +34,6 @@ __all__ = [
 EVAL_SEED = 1234     # fixed, independent of the training seed: held-out NLLs compare across runs
 TOY_HELDOUT = 4096   # held-out points drawn for a toy density
 REFERENCE_POINTS = 4096
-# Held-out vectors come in batches of at least this many (evaluation keeps no activations
-# for a gradient, and a vector's are small); images in batches of the training size.
-VECTOR_EVAL_BATCH = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +45,8 @@ class FlowData:
       batches `[batch_size, *event_shape]` from batch `step` on. The stream is a pure
       function of the seed and the batch index (see `pipeline`): `train_from(s)` yields what
       `train_from(0)` yields after `s` batches, so a resumed run sees the same data.
-    heldout: finite `tf.data.Dataset` of float32 `[<= b, *event_shape]`, the same values
-      at every pass; `b` is `batch_size` for images and `max(batch_size,
-      VECTOR_EVAL_BATCH)` (1,024) for vectors. Held-out figures are per-example means, so
-      the batching changes only how fast they are computed.
+    heldout: finite `tf.data.Dataset` of float32 `[<= batch_size, *event_shape]`, the same
+      values at every pass.
     event_shape: `(d,)` for vectors, `(H, W, C)` for images.
     is_image: whether `x` is a dequantized image in `[0, 256)`.
     reference: for 2D data, up to 4096 data points `[n, 2]` (numpy) to plot beside samples.
@@ -92,8 +87,7 @@ def load_data(name, *, batch_size, seed=0, data_dir=None, n_bits=8, cache="auto"
       named TFDS image set (`mnist`, `fashion_mnist`, `cifar10`, `celeb_a` cropped to
       64 x 64, `imagenet32` / `downsampled_imagenet/32x32`, `imagenet64`: `images`), or
       any other TFDS image set name.
-    batch_size: batch size of the training stream and of held-out images (held-out
-      vectors: at least `VECTOR_EVAL_BATCH`).
+    batch_size: batch size of both pipelines.
     seed: int; fixes the training stream (toy draws, shuffling, dequantization noise).
     data_dir: TFDS data folder (TFDS data sets only).
     n_bits: int in 1..8, bits per channel kept for images; must be 8 for vectors.
@@ -116,7 +110,7 @@ def load_data(name, *, batch_size, seed=0, data_dir=None, n_bits=8, cache="auto"
         train_from=lambda step=0: toy_dataset(name, batch_size=batch_size, seed=seed,
                                              start_step=step),
         heldout=eval_batches(tf.data.Dataset.from_tensor_slices(heldout),
-                             batch_size=max(batch_size, VECTOR_EVAL_BATCH)),
+                             batch_size=batch_size),
         event_shape=(2,), is_image=False, reference=heldout.numpy())
   if name.endswith(".npy") or is_idx_path(name):
     train, heldout = load_npy(name) if name.endswith(".npy") else load_idx(name)
@@ -127,9 +121,7 @@ def load_data(name, *, batch_size, seed=0, data_dir=None, n_bits=8, cache="auto"
         train_from=_stream(tf.data.Dataset.from_tensor_slices(train), len(train),
                            batch_size, seed, n_bits),
         heldout=eval_batches(tf.data.Dataset.from_tensor_slices(heldout),
-                             batch_size=batch_size if is_image else max(batch_size,
-                                                                        VECTOR_EVAL_BATCH),
-                             seed=EVAL_SEED, n_bits=n_bits),
+                             batch_size=batch_size, seed=EVAL_SEED, n_bits=n_bits),
         event_shape=tuple(train.shape[1:]), is_image=is_image,
         reference=train[:REFERENCE_POINTS] if train.shape[1:] == (2,) else None,
         n_bits=n_bits)

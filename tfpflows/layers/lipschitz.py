@@ -45,11 +45,12 @@ import functools
 import keras
 import tensorflow as tf
 
-# Operator key -> the power iteration as a `tf.function`, for eager calls
-# (`_power_iteration`). Layers whose operators agree (same kind, padding, epsilon,
-# tolerance) share one function, and so one trace per argument shape: the 24 layers of an
-# 8-block 2D residual flow trace 3 graphs, not 24. Kept off the layers: a `tf.function`
-# attribute would be tracked into SavedModels.
+# (Operator key, argument shapes and dtype) -> the power iteration as a `tf.function`,
+# for eager calls (`_power_iteration`), each traced once. Layers whose operators and
+# shapes agree share it: the 24 layers of an 8-block 2D residual flow trace 3 graphs, not
+# 24. One function per shape, not one retraced per shape: TF would warn of "retracing"
+# when a model has many shapes. Kept off the layers (a `tf.function` attribute would be
+# tracked into SavedModels); the graphs stay for the process's life, one per shape.
 _EAGER_ITERATION = {}
 
 
@@ -178,20 +179,20 @@ class _SpectralNormBase(keras.layers.Layer):
     (Euclidean norm; stricter than Residual Flows' per-entry root-mean-square test, which
     for a convolution's vectors of `H W C` entries is loose).
 
-    Executing eagerly, the loop runs as one graph, traced once per layer (and per argument
-    shapes), not as one Python round trip per step: eager start-up (the warm-up, data
-    initialisation, plots, diagnostics) would otherwise spend seconds here.
+    Executing eagerly, the loop runs as one graph, traced once per operator kind and
+    argument shapes (shared by layers), not as one Python round trip per step: eager
+    start-up (the warm-up, data initialisation, plots, diagnostics) would otherwise spend
+    seconds here.
     """
     kernel = tf.stop_gradient(self._iteration_kernel(kernel))
     if n == 0:
       return u, v
     key, op, adjoint = self._operator()
     if tf.executing_eagerly():
-      key = key + (self.epsilon, self.tolerance)
+      key = key + (self.epsilon, self.tolerance, tuple(kernel.shape), tuple(u.shape),
+                   tuple(v.shape), kernel.dtype.name)
       compiled = _EAGER_ITERATION.get(key)
       if compiled is None:
-        # One function per operator key, traced once per argument shapes (a partial: TF
-        # counts traces per code object, and one trace per shape is not "retracing").
         compiled = _EAGER_ITERATION[key] = tf.function(
             functools.partial(_power_loop, op, adjoint, self.epsilon, self.tolerance),
             autograph=False)
@@ -534,12 +535,13 @@ class LipschitzNetwork(keras.layers.Layer):
     return fn, tuple(params)
 
   def frozen(self):
-    """`g` in the evaluation setting as a plain function, its kernels normalised once.
+    """`g` in the evaluation setting as a plain function `x -> g(x)`, its kernels
+    normalised once (`parametric(training=False)` with its parameters bound).
 
     `call(x, training=False)` runs `eval_iterations` power-iteration steps on every call;
-    repeated evaluations with fixed weights (the fixed-point inverse, the exact log-det)
-    use this instead: the same map, the power iteration run once here. Gradients still
-    reach the raw weights through the normalised kernels.
+    for repeated evaluations with fixed weights this is the same map with the power
+    iteration run once. Gradients still reach the raw weights through the normalised
+    kernels. (Residual layers use `parametric` itself.)
     """
     if not self.built:                   # the first call builds the weights
       return lambda x: self(x, training=False)

@@ -90,7 +90,9 @@ class CIFModel(keras.Model):
       the stages of `layers.cif_multiscale` (fixed maps, chains, factor-outs). `cif_layers`
       lists the CIF layers among them, data side first (the order of `us`).
     event_shape: `[D]` or `[H, W, C]`.
-    train_num_samples: `K` of the training bound (1: the ELBO).
+    train_num_samples: `K` of the training bound (1: the ELBO). `K > 1` is refused
+      (ValueError) over residual blocks with the Neumann log-det gradient, which assumes
+      equal weights for every draw.
     default_num_samples: `K` of `log_prob`, evaluation and the SavedModel's `log_prob`
       (None: 100 for vectors, 10 for images).
     spec: the `build_flow` arguments, for `get_config`.
@@ -107,6 +109,15 @@ class CIFModel(keras.Model):
     self.is_image = bool(image)
     self.num_dims = int(np.prod(self.event_shape))
     self.train_num_samples = _check_num_samples(train_num_samples, "CIFModel")
+    if self.train_num_samples > 1:
+      # The K-sample bound weights each draw by its normalised importance weight, but the
+      # Neumann log-det gradient assumes the same upstream gradient for every row.
+      neumann = [l.name for l in self._flatten_layers(recursive=True)  # pylint: disable=protected-access
+                 if getattr(getattr(l, "train_logdet", None), "neumann_gradient", False)]
+      if neumann:
+        raise ValueError(f"train_num_samples: {neumann[0]} uses the Neumann log-det gradient, "
+                         f"which assumes equal weights for every draw; expected 1 (the ELBO) "
+                         f"for this base flow, got {self.train_num_samples}")
     if default_num_samples is None:
       default_num_samples = DEFAULT_NUM_SAMPLES["image" if self.is_image else "vector"]
     self.default_num_samples = _check_num_samples(default_num_samples, "CIFModel")
