@@ -534,20 +534,6 @@ class LipschitzNetwork(keras.layers.Layer):
 
     return fn, tuple(params)
 
-  def frozen(self):
-    """`g` in the evaluation setting as a plain function `x -> g(x)`, its kernels
-    normalised once (`parametric(training=False)` with its parameters bound).
-
-    `call(x, training=False)` runs `eval_iterations` power-iteration steps on every call;
-    for repeated evaluations with fixed weights this is the same map with the power
-    iteration run once. Gradients still reach the raw weights through the normalised
-    kernels. (Residual layers use `parametric` itself.)
-    """
-    if not self.built:                   # the first call builds the weights
-      return lambda x: self(x, training=False)
-    fn, params = self.parametric(training=False)
-    return lambda x: fn(x, params)
-
   def lipschitz_bound(self, n_iterations=None):
     """Product of the normalised spectral norms (`<= coeff ** num_spectral_layers`)."""
     bound = tf.ones([], tf.float32)

@@ -33,7 +33,8 @@ import tensorflow_probability as tfp
 
 from tfpflows.layers import cif_multiscale
 from tfpflows.models.flow_model import (_checked_sample_args, check_finite_batch,
-                                        check_weights_allowed, warm_up_layers)
+                                        check_weights_allowed, neumann_layers,
+                                        warm_up_layers)
 
 tfd = tfp.distributions
 
@@ -112,8 +113,7 @@ class CIFModel(keras.Model):
     if self.train_num_samples > 1:
       # The K-sample bound weights each draw by its normalised importance weight, but the
       # Neumann log-det gradient assumes the same upstream gradient for every row.
-      neumann = [l.name for l in self._flatten_layers(recursive=True)  # pylint: disable=protected-access
-                 if getattr(getattr(l, "train_logdet", None), "neumann_gradient", False)]
+      neumann = neumann_layers(self)
       if neumann:
         raise ValueError(f"train_num_samples: {neumann[0]} uses the Neumann log-det gradient, "
                          f"which assumes equal weights for every draw; expected 1 (the ELBO) "

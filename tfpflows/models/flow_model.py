@@ -402,11 +402,17 @@ class FlowModel(keras.Model):
     return build_flow(**config)
 
 
+def neumann_layers(model):
+  """Names of the layers under `model` whose training gradient assumes the same upstream
+  gradient for every row (Residual Flows' Neumann log-det gradient)."""
+  return [l.name for l in model._flatten_layers(recursive=True)  # pylint: disable=protected-access
+          if getattr(getattr(l, "train_logdet", None), "neumann_gradient", False)]
+
+
 def check_weights_allowed(model):
   """ValueError (one line) if some layer's gradient assumes equal example weights (Residual
   Flows' Neumann log-det gradient), for a loss given `sample_weight`."""
-  blocked = [l.name for l in model._flatten_layers(recursive=True)  # pylint: disable=protected-access
-             if getattr(getattr(l, "train_logdet", None), "neumann_gradient", False)]
+  blocked = neumann_layers(model)
   if blocked:
     raise ValueError(f"sample_weight: {model.name} uses the Neumann log-det gradient "
                      f"({blocked[0]}), which assumes equal example weights; expected no "
