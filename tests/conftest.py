@@ -9,6 +9,16 @@ if ROOT not in sys.path:
 import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Grappler (TF's graph optimiser) runs once for every new graph: in this suite, where
+# nearly every test builds small models and traces them a few times, it was a quarter to
+# a third of the in-process time (test_cif_models_in_the_trainer[cif-resflow-toy]: 32 s
+# with it, 24.5 s without). It does not change what a graph computes, only how fast, and
+# this suite checks values, not speed. It is switched off here, in the pytest workers
+# only: every trainer, evaluator and serving process a test starts (the end-to-end,
+# crash-resume, distribution and SavedModel tests) runs with TF's defaults, as users do.
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 @pytest.hookimpl(trylast=True)

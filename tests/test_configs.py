@@ -75,13 +75,13 @@ def test_preset_trains_two_steps_at_reduced_size(name, tmp_path):
 def test_command_line_preset_with_overrides(tmp_path):
   images = np.random.RandomState(0).randint(0, 256, (40, 28, 28, 1)).astype(np.uint8)
   np.save(tmp_path / "mnist.npy", images)
-  result = subprocess.run(
-      [train.sys.executable, "-m", "trainers.train", "--config=glow_mnist_cpu",
-       f"--dataset={tmp_path / 'mnist.npy'}", "--steps=3", "--num_steps=1", "--hidden=8",
-       "--batch_size=8", "--eval_every=3", "--warmup_steps=2",
-       f"--model_dir={tmp_path / 'm'}", f"--export_dir={tmp_path / 'e'}"],
-      cwd=train.os.path.dirname(train.os.path.dirname(train.__file__)),
-      capture_output=True, text=True, timeout=300)
+  from tests import trainer_processes  # pylint: disable=g-import-not-at-top
+  proc = trainer_processes.start(
+      ["--config=glow_mnist_cpu", f"--dataset={tmp_path / 'mnist.npy'}", "--steps=3",
+       "--num_steps=1", "--hidden=8", "--batch_size=8", "--eval_every=3", "--warmup_steps=2",
+       f"--model_dir={tmp_path / 'm'}", f"--export_dir={tmp_path / 'e'}"])
+  out, err = proc.communicate(timeout=300)
+  result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
   assert result.returncode == 0, result.stderr[-3000:]
   run = json.load(open(tmp_path / "m" / "run.json"))
   preset = configs.PRESETS["glow_mnist_cpu"].flags

@@ -3,7 +3,9 @@
 Each crash test runs the trainer as a real process, interrupts it right after a given
 checkpoint appears (SIGKILL, SIGTERM or SIGINT), runs the same command again, and compares
 the final checkpoint's tensors (weights and optimizer state) with those of a run that was
-never interrupted: they must be equal.
+never interrupted: they must be equal. The processes are forked from a server that has
+imported the trainer (tests/trainer_processes.py: each run a fresh process, 7 s of imports
+saved per run).
 """
 
 import os
@@ -16,10 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_trainer import REPO, _scalars
+from tests import trainer_processes
+from tests.test_trainer import _scalars
 
-# Unbuffered: a killed run's output (its "resuming from" line) still reaches the test.
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 
 # name: (flags, [(signal, checkpoint after which to send it), ...]): each run of a config is
 # interrupted in turn by the signals listed, then one more run finishes. SIGKILL for every
@@ -60,8 +61,8 @@ def _flags(name, images, root):
 
 
 def _start(flags):
-  return subprocess.Popen([sys.executable, "-m", "trainers.train", *flags], cwd=REPO, env=ENV,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  """`python -m trainers.train *flags`, a new process (forked from the trainer server)."""
+  return trainer_processes.start(flags)
 
 
 def _finish(proc, timeout=300):

@@ -20,6 +20,16 @@ def _train(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+def _train_forked(*args):
+  """`_train`, in a process forked from the trainer server (tests/trainer_processes.py: the
+  same run without its 7 s of imports). `_train`'s genuine `python -m` processes stay for the
+  command-line cases below (bad input), which test the entry point itself."""
+  from tests import trainer_processes  # pylint: disable=g-import-not-at-top
+  proc = trainer_processes.start(args)
+  out, err = proc.communicate(timeout=300)
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def _dirs(tmp_path):
   return str(tmp_path / "model"), str(tmp_path / "export")
 
@@ -40,10 +50,10 @@ def toy_run(tmp_path_factory):
   model_dir, export_dir = _dirs(tmp_path_factory.mktemp("toy"))
   common = ["--model=glow", "--dataset=moons", "--batch_size=64", "--eval_every=10",
             f"--model_dir={model_dir}", f"--export_dir={export_dir}", *SMALL]
-  first = _train(*common, "--steps=20")
+  first = _train_forked(*common, "--steps=20")
   assert first.returncode == 0, first.stderr[-3000:]
   files_after_first = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
-  second = _train(*common, "--steps=30", "--overwrite")
+  second = _train_forked(*common, "--steps=30", "--overwrite")
   assert second.returncode == 0, second.stderr[-3000:]
   return dict(model_dir=model_dir, export_dir=export_dir, first=first, second=second,
               files_after_first=files_after_first)
@@ -247,8 +257,9 @@ def test_bad_input_on_the_command_line(tmp_path, case):
 def test_existing_export_dir_needs_overwrite(tmp_path):
   model_dir, export_dir = _dirs(tmp_path)
   os.makedirs(export_dir)
-  result = _train("--model=glow", "--dataset=moons", "--steps=1", f"--model_dir={model_dir}",
-                  f"--export_dir={export_dir}")
+  result = _train_forked("--model=glow", "--dataset=moons", "--steps=1",
+                         f"--model_dir={model_dir}",
+                         f"--export_dir={export_dir}")
   _assert_usage_error(result, "--overwrite")
   assert not os.path.exists(model_dir) and os.listdir(export_dir) == []
 
