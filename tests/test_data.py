@@ -64,6 +64,45 @@ def test_checkerboard_is_uniform_on_the_eight_unit_squares():
   assert np.sum((counts - n / 16) ** 2 / (n / 16)) < 37.7
 
 
+def _grid_log_prob(name, half_width=4.5, spacing=0.02):
+  """toy_log_prob on the midpoints of a square grid, in chunks; returns (log p, cell area)."""
+  edges = np.arange(-half_width, half_width, spacing) + spacing / 2
+  g = np.stack(np.meshgrid(edges, edges), axis=-1).reshape(-1, 2).astype(np.float32)
+  lp = np.concatenate([data.toy_log_prob(name, g[i:i + 20_000]).numpy()
+                       for i in range(0, len(g), 20_000)])
+  return lp.astype(np.float64), spacing ** 2
+
+
+@pytest.mark.parametrize("name", ["moons", "eight_gaussians", "checkerboard", "rings"])
+def test_toy_log_prob_integrates_to_one_and_matches_the_sampler(name):
+  lp, area = _grid_log_prob(name)
+  p = np.exp(lp)
+  assert abs(p.sum() * area - 1.0) < 2e-3, p.sum() * area
+  # The sampler's draws have the mean log-density the formula says: E_p[log p] by
+  # quadrature on the grid against the mean over 20,000 draws (within 4 standard errors).
+  entropy = -np.sum(p * np.where(p > 0, lp, 0.0)) * area
+  x = data.toy_sample(name, 20_000, seed=3)
+  lx = data.toy_log_prob(name, x).numpy().astype(np.float64)
+  assert np.all(np.isfinite(lx)), "a draw fell where the formula says p = 0"
+  se = max(lx.std() / np.sqrt(len(lx)), 1e-6)
+  assert abs(-lx.mean() - entropy) < 4 * se + 2e-3, (-lx.mean(), entropy, se)
+
+
+def test_toy_log_prob_values_and_errors():
+  np.testing.assert_allclose(data.toy_log_prob("checkerboard", [[0.5, 0.5], [1.5, 0.5]]),
+                             [-np.log(8.0), -np.inf])
+  # A ring point at its radius: the Rice density's peak, about 1/4 of 1/(2 pi r) per unit
+  # length across a Gaussian of s = 0.08, i.e. log(1/4 / (2 pi 3) / (sqrt(2 pi) 0.08)).
+  peak = data.toy_log_prob("rings", tf.constant([[3.0, 0.0]], tf.float64)).numpy()[0]
+  assert abs(peak - np.log(0.25 / (2 * np.pi * 3.0) / (np.sqrt(2 * np.pi) * 0.08))) < 0.01
+  for bad, word in ((("pinwheel", [[0.0, 0.0]]), "pinwheel"),
+                    (("moons", [0.0, 0.0, 0.0]), "[..., 2]"),
+                    (("swissroll", [[0.0, 0.0]]), "swissroll")):
+    with pytest.raises(ValueError) as e:
+      data.toy_log_prob(*bad)
+    assert "\n" not in str(e.value) and word in str(e.value)
+
+
 # --------------------------------------------------------------------------- .npy files
 
 

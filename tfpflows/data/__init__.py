@@ -23,12 +23,12 @@ from tfpflows.data.images import (ALIASES, IMAGE_SETS, UnknownDatasetError, chec
 from tfpflows.data import pipeline
 from tfpflows.data.pipeline import (check_n_bits, dequantize, eval_batches, n_bit_bits_per_dim,
                                      train_batches)
-from tfpflows.data.toy import TOY_NAMES, toy_dataset, toy_sample
+from tfpflows.data.toy import TOY_NAMES, toy_dataset, toy_log_prob, toy_sample
 
 __all__ = [
     "FlowData", "TOY_NAMES", "load_data", "load_idx", "load_npy", "load_tfds_images",
     "read_idx", "dequantize", "n_bit_bits_per_dim", "IMAGE_SETS", "ALIASES",
-    "train_batches", "eval_batches", "toy_sample", "toy_dataset",
+    "train_batches", "eval_batches", "toy_sample", "toy_dataset", "toy_log_prob",
 ]
 
 EVAL_SEED = 1234     # fixed, independent of the training seed: held-out NLLs compare across runs
