@@ -203,7 +203,8 @@ def main(argv=None):
       os.makedirs(args.plot, exist_ok=True)
       print("plot", plot(os.path.join(args.plot, f"cif_{tname}.png"), tname, trained,
                          sample_target(tname, 10_000, 1000)), flush=True)
-  print("# summary: gap = mean of log p - log q over the test points, mean over seeds +- the seeds' standard error")
+  print("# summary: gap = mean of log p - log q over the test points, mean over seeds +- "
+        "the seeds' standard error")
   ratios = {}
   for (tname, system), rs in sorted(results.items()):
     gaps = np.array([r[0] for r in rs])
