@@ -91,6 +91,8 @@ def test_toy_log_prob_integrates_to_one_and_matches_the_sampler(name):
 def test_toy_log_prob_values_and_errors():
   np.testing.assert_allclose(data.toy_log_prob("checkerboard", [[0.5, 0.5], [1.5, 0.5]]),
                              [-np.log(8.0), -np.inf])
+  for name in ("moons", "eight_gaussians", "checkerboard", "rings"):   # NaN in, NaN out
+    assert np.isnan(data.toy_log_prob(name, [[np.nan, 0.5]]).numpy()[0]), name
   # A ring point at its radius: the Rice density's peak, about 1/4 of 1/(2 pi r) per unit
   # length across a Gaussian of s = 0.08, i.e. log(1/4 / (2 pi 3) / (sqrt(2 pi) 0.08)).
   peak = data.toy_log_prob("rings", tf.constant([[3.0, 0.0]], tf.float64)).numpy()[0]

@@ -176,11 +176,13 @@ def _eight_gaussians_log_prob(x):
 
 def _checkerboard_log_prob(x):
   """`log(1/8)` on the 8 squares `[i, i+1) x [j, j+1)` of `[-2, 2)^2` with `i + j` even,
-  `-inf` elsewhere."""
+  `-inf` elsewhere (NaN where `x` has a NaN, as the other densities give)."""
   inside = tf.reduce_all((x >= -2.0) & (x < 2.0), axis=-1)
   even = tf.equal(tf.math.floormod(tf.reduce_sum(tf.floor(x), axis=-1), 2.0), 0.0)
-  return tf.where(inside & even, tf.constant(-math.log(8.0), x.dtype),
-                  tf.constant(-math.inf, x.dtype))
+  log_p = tf.where(inside & even, tf.constant(-math.log(8.0), x.dtype),
+                   tf.constant(-math.inf, x.dtype))
+  return tf.where(tf.reduce_any(tf.math.is_nan(x), axis=-1), tf.constant(math.nan, x.dtype),
+                  log_p)
 
 
 def _rings_log_prob(x):
