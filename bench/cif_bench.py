@@ -13,9 +13,14 @@ log-densities `data.toy_log_prob` gives. For each target, pair and seed:
    step), so both see the same machine: this machine's speed drifts by tens of percent, and
    the hypervisor's steal comes and goes within minutes (one earlier run saw the same
    ResFlow at 95 and at 20 steps/s in consecutive seeds);
-3. reports the test NLL: the flow's exact one, CIF's `log_prob` with K = 100 (the reference
-   code's test setting; a lower bound on log p in expectation, so CIF's NLL is if anything
-   too high), with standard errors over the test points.
+3. after each turn, scores 5,000 validation points (a third seeded draw): the flow's exact
+   NLL, CIF's by K = 10 (the reference code's validation setting), and keeps the weights of
+   the best turn (`--select best`, the reference's early stopping; `last` keeps the final
+   iterate, whose noise at a constant learning rate is larger than the differences between
+   the models). Validation is not counted in the budget;
+4. reports the test NLL of the kept weights: the flow's exact one, CIF's `log_prob` with
+   K = 100 (the reference code's test setting; a lower bound on log p in expectation, so
+   CIF's NLL is if anything too high), with standard errors over the test points.
 
 Pairs: `cif-realnvp` (4 CIF layers, hidden 32) against `realnvp` of at least as many
 parameters; `cif-resflow` (the reference's 2D setting scaled down: `--resflow-steps` CIF
@@ -96,9 +101,18 @@ class _Budget(keras.callbacks.Callback):
       self.model.stop_training = True
 
 
-def train_pair(models, x, args, seed):
+def validation_nll(model, x, is_cif):
+  """Mean NLL of the points `x`: exact for a flow, CIF's by K = 10 (fixed seeds)."""
+  parts = [np.asarray(model.log_prob(x[i:i + 1000], 10, seed=(i, 11)) if is_cif
+                      else model.log_prob(x[i:i + 1000])) for i in range(0, len(x), 1000)]
+  return -float(np.concatenate(parts).astype("float64").mean())
+
+
+def train_pair(models, x, args, seed, x_valid=None, is_cif=None):
   """Trains `models` in turns of `args.slice` s until each has had `args.budget` s of timed
-  training; returns each one's timed steps per second."""
+  training; with `x_valid`, scores it after each turn and leaves each model at its best
+  turn's weights. Returns each one's timed steps per second and the kept turn's
+  `(timed seconds, validation NLL)`."""
   examples = tf.data.Dataset.from_tensor_slices(x)
   def stream(step):
     return flow_data.train_batches(examples, batch_size=500, seed=seed, start_step=step,
@@ -109,9 +123,9 @@ def train_pair(models, x, args, seed):
     model.initialize(x[:500])
     model.compile(optimizer=keras.optimizers.Adam(args.lr))
     model.fit(stream(0), steps_per_epoch=5, epochs=1, verbose=0)      # compiles
-    state.append(dict(step=5, seconds=0., timed=0))
+    state.append(dict(step=5, seconds=0., timed=0, best=(math.inf, None, 0.)))
   while any(s["seconds"] < args.budget for s in state):
-    for model, s in zip(models, state):
+    for k, (model, s) in enumerate(zip(models, state)):
       if s["seconds"] >= args.budget:
         continue
       budget = _Budget(min(args.slice, args.budget - s["seconds"]))
@@ -120,7 +134,17 @@ def train_pair(models, x, args, seed):
       s["seconds"] += time.perf_counter() - budget.start
       s["timed"] += budget.steps
       s["step"] += budget.steps + 1      # each turn's first step is trained, not timed
-  return [s["timed"] / s["seconds"] for s in state]
+      if x_valid is not None:
+        nll = validation_nll(model, x_valid, is_cif[k])
+        if nll < s["best"][0]:            # NaN never is
+          s["best"] = (nll, model.get_weights(), s["seconds"])
+  kept = []
+  for model, s in zip(models, state):
+    nll, weights, seconds = s["best"]
+    if x_valid is not None and weights is not None:
+      model.set_weights(weights)
+    kept.append((seconds if x_valid is not None else s["seconds"], nll))
+  return [s["timed"] / s["seconds"] for s in state], kept
 
 
 def test_nll(model, x, cif):
@@ -158,6 +182,8 @@ def main(argv=None):
   p.add_argument("--budget", type=float, default=120.)
   p.add_argument("--slice", type=float, default=5., help="seconds per turn (see the module)")
   p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--select", choices=("best", "last"), default="best",
+                 help="weights to test: the best turn's on validation data, or the last")
   p.add_argument("--resflow-steps", type=int, default=4)
   p.add_argument("--resflow-hidden", type=int, default=32)
   p.add_argument("--plot", default=None, help="folder for cif_<target>.png (seed 0's models)")
@@ -169,7 +195,7 @@ def main(argv=None):
   if args.quick:
     args.seeds, args.budget, args.targets, args.pairs = 1, 15., "two_uniforms", "realnvp"
   print(f"# CIF vs base flow, equal wall clock: budget={args.budget}s in turns of "
-        f"{args.slice}s seeds={args.seeds} "
+        f"{args.slice}s seeds={args.seeds} select={args.select} "
         f"Adam({args.lr}) batch=500 test=10000 K=100 cpus={os.cpu_count()} "
         f"tf={tf.__version__} keras={keras.__version__}", flush=True)
   results = {}
@@ -186,9 +212,10 @@ def main(argv=None):
           cif = build_flow("cif-resflow", [2], num_steps=args.resflow_steps,
                            hidden=args.resflow_hidden, seed=seed)
           base = _matched_base("resflow", _params(cif), args.resflow_steps, seed)
-        speeds = train_pair([base, cif], x_train, args, seed)
-        for system, model, is_cif, steps_s in ((pair, base, False, speeds[0]),
-                                               (f"cif-{pair}", cif, True, speeds[1])):
+        x_valid = sample_target(tname, 5_000, seed + 2000) if args.select == "best" else None
+        speeds, kept = train_pair([base, cif], x_train, args, seed, x_valid, (False, True))
+        for system, model, is_cif, steps_s, (at, valid) in (
+            (pair, base, False, speeds[0], kept[0]), (f"cif-{pair}", cif, True, speeds[1], kept[1])):
           nlls = test_nll(model, x_test, is_cif)
           nll, se = float(nlls.mean()), float(nlls.std() / math.sqrt(len(nlls)))
           kl = true_log_prob(tname, x_test) + nlls
@@ -196,7 +223,7 @@ def main(argv=None):
           results.setdefault((tname, system), []).append((gap, se, steps_s))
           print(f"run {tname:12s} {system:12s} seed={seed} test_nll={nll:.4f} +- {se:.4f} "
                 f"gap={gap:.4f} +- {gap_se:.4f} steps/s={steps_s:.1f} "
-                f"params={_params(model)}", flush=True)
+                f"params={_params(model)} kept={at:.0f}s valid_nll={valid:.4f}", flush=True)
           if seed == 0:
             trained[system] = (model, is_cif, nll)
     if args.plot:
