@@ -51,7 +51,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfpflows import data as flow_data  # noqa: E402
 from tfpflows import plotting  # noqa: E402
-from tfpflows.models import build_flow  # noqa: E402
+from tfpflows.models import CIFModel, build_flow  # noqa: E402
 
 TARGETS = ("two_uniforms", "checkerboard", "rings", "moons")
 
@@ -101,14 +101,7 @@ class _Budget(keras.callbacks.Callback):
       self.model.stop_training = True
 
 
-def validation_nll(model, x, is_cif):
-  """Mean NLL of the points `x`: exact for a flow, CIF's by K = 10 (fixed seeds)."""
-  parts = [np.asarray(model.log_prob(x[i:i + 1000], 10, seed=(i, 11)) if is_cif
-                      else model.log_prob(x[i:i + 1000])) for i in range(0, len(x), 1000)]
-  return -float(np.concatenate(parts).astype("float64").mean())
-
-
-def train_pair(models, x, args, seed, x_valid=None, is_cif=None):
+def train_pair(models, x, args, seed, x_valid=None):
   """Trains `models` in turns of `args.slice` s until each has had `args.budget` s of timed
   training; with `x_valid`, scores it after each turn and leaves each model at its best
   turn's weights. Returns each one's timed steps per second and the kept turn's
@@ -125,7 +118,7 @@ def train_pair(models, x, args, seed, x_valid=None, is_cif=None):
     model.fit(stream(0), steps_per_epoch=5, epochs=1, verbose=0)      # compiles
     state.append(dict(step=5, seconds=0., timed=0, best=(math.inf, None, 0.)))
   while any(s["seconds"] < args.budget for s in state):
-    for k, (model, s) in enumerate(zip(models, state)):
+    for model, s in zip(models, state):
       if s["seconds"] >= args.budget:
         continue
       budget = _Budget(min(args.slice, args.budget - s["seconds"]))
@@ -135,7 +128,9 @@ def train_pair(models, x, args, seed, x_valid=None, is_cif=None):
       s["timed"] += budget.steps
       s["step"] += budget.steps + 1      # each turn's first step is trained, not timed
       if x_valid is not None:
-        nll = validation_nll(model, x_valid, is_cif[k])
+        # CIF by K = 10, the reference's validation setting
+        nll = float(test_nll(model, x_valid, isinstance(model, CIFModel), k=10, chunk=1000,
+                             seed_tag=11).mean())
         if nll < s["best"][0]:            # NaN never is
           s["best"] = (nll, model.get_weights(), s["seconds"])
   kept = []
@@ -147,11 +142,12 @@ def train_pair(models, x, args, seed, x_valid=None, is_cif=None):
   return [s["timed"] / s["seconds"] for s in state], kept
 
 
-def test_nll(model, x, cif):
+def test_nll(model, x, cif, k=100, chunk=500, seed_tag=7):
+  """Per-point NLLs of `x`, float64: exact for a flow, CIF's by `k` importance samples."""
   parts = []
-  for i in range(0, len(x), 500):
-    batch = x[i:i + 500]
-    lp = model.log_prob(batch, 100, seed=(i, 7)) if cif else model.log_prob(batch)
+  for i in range(0, len(x), chunk):
+    batch = x[i:i + chunk]
+    lp = model.log_prob(batch, k, seed=(i, seed_tag)) if cif else model.log_prob(batch)
     parts.append(np.asarray(lp))
   return -np.concatenate(parts).astype("float64")
 
@@ -213,7 +209,7 @@ def main(argv=None):
                            hidden=args.resflow_hidden, seed=seed)
           base = _matched_base("resflow", _params(cif), args.resflow_steps, seed)
         x_valid = sample_target(tname, 5_000, seed + 2000) if args.select == "best" else None
-        speeds, kept = train_pair([base, cif], x_train, args, seed, x_valid, (False, True))
+        speeds, kept = train_pair([base, cif], x_train, args, seed, x_valid)
         for system, model, is_cif, steps_s, (at, valid) in (
             (pair, base, False, speeds[0], kept[0]), (f"cif-{pair}", cif, True, speeds[1], kept[1])):
           nlls = test_nll(model, x_test, is_cif)
