@@ -21,7 +21,8 @@ time):
 2. Equal-time training. normflows: the multi-scale Glow of phase 1 (built as in its
    examples/glow.ipynb, unconditional base), Adamax 1e-3, batch 64, uniform dequantization
    with fresh noise per batch, epochs reshuffled. Ours: the trainer's `--config`
-   (`--ours-config`, default `glow_mnist_cpu`) built by `trainers.train.build_compiled_model`
+   (`--ours-config`; by default `glow_mnist_cpu_bf16` where the CPU has native bfloat16,
+   else `glow_mnist_cpu`) built by `trainers.train.build_compiled_model`
    with the trainer's data stream (`tfpflows.data.train_batches`, seed 0) and ActNorm
    initialised on its first batch, as `python -m trainers.train --config=...` does. The two
    train in alternating turns of `--slice` seconds until each has trained `--minutes`;
@@ -89,7 +90,7 @@ class _Timed:
 class Ours(_Timed):
   """A tfpflows model: the Glow shape (phase 1) or a trainer --config (phase 2)."""
 
-  def __init__(self, args, preset):
+  def __init__(self, args, preset, precision="float32"):
     t_import = time.perf_counter()
     tf = setup_tf()
     import keras
@@ -104,9 +105,10 @@ class Ours(_Timed):
     if preset:
       values = configs.resolve(preset, dict(dataset="mnist", batch_size=BATCH))
     else:
-      values = dict(model="glow", **GLOW, batch_size=BATCH, optimizer="adam")
+      values = dict(model="glow", **GLOW, batch_size=BATCH, optimizer="adam",
+                    precision=precision)
     self.config = train.Config(**dict(values, model_dir=None, export_dir=None,
-                                      dataset="mnist"))
+                                      dataset="mnist", config=preset))
     stream = flow_data.train_batches(tf.data.Dataset.from_tensor_slices(train_u8),
                                      batch_size=BATCH, seed=0, num_examples=len(train_u8),
                                      n_bits=self.config.n_bits)
@@ -233,6 +235,8 @@ def worker_main(args) -> int:
   try:
     if args.worker == "ours_glow":
       system = Ours(args, None)
+    elif args.worker == "ours_glow_bf16":
+      system = Ours(args, None, precision="mixed_bfloat16")
     elif args.worker == "ours_train":
       system = Ours(args, args.ours_config)
     elif args.worker in ("nf_glow", "nf_train"):
@@ -282,7 +286,8 @@ def phase_throughput(args, ratios):
   print(f"## start-up and throughput: Glow 28x28x1 L={GLOW['num_levels']} "
         f"K={GLOW['num_steps']} hidden {GLOW['hidden']} batch {BATCH}, float32", flush=True)
   workers, startup = {}, {}
-  for name in ("ours_glow", "nf_glow"):
+  names = ("ours_glow", "nf_glow") + (("ours_glow_bf16",) if args.bf16_info else ())
+  for name in names:
     workers[name], msg = start(name, args)
     startup[name] = msg["startup_s"]
   rates = {name: [] for name in workers}
@@ -308,6 +313,10 @@ def phase_throughput(args, ratios):
       w.close()
   med = {k: statistics.median(v) for k, v in rates.items()}
   print(f"median steps/s: ours {med['ours_glow']:.3f}, normflows {med['nf_glow']:.3f}")
+  if "ours_glow_bf16" in med:
+    print(f"info ours with mixed_bfloat16 conditioners (not in the ratio, which is float32 "
+          f"on both sides): median steps/s {med['ours_glow_bf16']:.3f}, "
+          f"{med['ours_glow_bf16'] / med['nf_glow']:.3f}x normflows' float32")
   print(f"start-up s: ours {startup['ours_glow']:.2f}, normflows {startup['nf_glow']:.2f}")
   ratios["mnist_glow_step_vs_normflows"] = med["ours_glow"] / med["nf_glow"]
   ratios["startup_vs_normflows_glow"] = startup["nf_glow"] / startup["ours_glow"]
@@ -386,18 +395,27 @@ def main(argv=None) -> int:
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   p.add_argument("--work", default=None, help=argparse.SUPPRESS)
   p.add_argument("--dataset", default=DEFAULT_DATA)
-  p.add_argument("--ours-config", default="glow_mnist_cpu")
+  p.add_argument("--ours-config", default=None,
+                 help="our trainer --config (default: glow_mnist_cpu_bf16 on a CPU with "
+                      "native bfloat16, else glow_mnist_cpu)")
   p.add_argument("--minutes", type=float, default=20.0)
   p.add_argument("--slice", type=float, default=60.0)
   p.add_argument("--eval-minutes", type=float, default=2.5)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--throughput-seconds", type=float, default=20.0)
   p.add_argument("--skip-throughput", action="store_true")
+  p.add_argument("--bf16-info", action="store_true",
+                 help="also time ours with mixed_bfloat16 conditioners (printed as info)")
   p.add_argument("--skip-training", action="store_true")
   p.add_argument("--plot", default=None, help="folder for the PNGs")
   args = p.parse_args(argv)
   if args.worker:
     return worker_main(args)
+  if args.ours_config is None:
+    from tfpflows.recipes import cpu_has_bfloat16
+    args.ours_config = "glow_mnist_cpu_bf16" if cpu_has_bfloat16() else "glow_mnist_cpu"
+    print(f"--ours-config {args.ours_config} (this CPU "
+          f"{'has' if cpu_has_bfloat16() else 'lacks'} native bfloat16)", flush=True)
   if not os.path.exists(args.dataset):
     print(f"error: --dataset {args.dataset!r} does not exist (the MNIST test split IDX "
           "file)", file=sys.stderr)

@@ -170,3 +170,14 @@ def test_an_exception_during_validation_leaves_the_raw_weights():
                        validation_data=flow.heldout.take(2), callbacks=[record, _Boom()])
   for got, want in zip(model.trainable_variables, record.weights[-1]):
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_cpu_has_bfloat16_reads_the_flags_line():
+  zen4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+  avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: avx512_bf16_in_name_only\n"
+  sapphire = "flags\t: fpu avx512f amx_bf16 amx_tile\n"
+  assert recipes.cpu_has_bfloat16(zen4)
+  assert recipes.cpu_has_bfloat16(sapphire)
+  assert not recipes.cpu_has_bfloat16(avx2)
+  assert not recipes.cpu_has_bfloat16("")
+  assert isinstance(recipes.cpu_has_bfloat16(), bool)

@@ -470,6 +470,11 @@ def run(config):
   _validate_config(config)
   data = load_data(config)
   _validate_batch_size(config, data.event_shape)
+  if (config.precision == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU")
+      and not recipes.cpu_has_bfloat16()):
+    print("warning: --precision=mixed_bfloat16 on a CPU without AVX512-BF16 or AMX: "
+          "bfloat16 is emulated there and typically several times slower than float32",
+          file=sys.stderr)
   keras.utils.set_random_seed(config.seed)
   model = build_compiled_model(config, data.event_shape)
   checkpoint, step = _restore(config, model)
