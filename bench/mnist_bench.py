@@ -413,9 +413,10 @@ def main(argv=None) -> int:
     return worker_main(args)
   if args.ours_config is None:
     from tfpflows.recipes import cpu_has_bfloat16
-    args.ours_config = "glow_mnist_cpu_bf16" if cpu_has_bfloat16() else "glow_mnist_cpu"
-    print(f"--ours-config {args.ours_config} (this CPU "
-          f"{'has' if cpu_has_bfloat16() else 'lacks'} native bfloat16)", flush=True)
+    native = cpu_has_bfloat16()
+    args.ours_config = "glow_mnist_cpu_bf16" if native else "glow_mnist_cpu"
+    print(f"--ours-config {args.ours_config} (native bfloat16 on this CPU: {native})",
+          flush=True)
   if not os.path.exists(args.dataset):
     print(f"error: --dataset {args.dataset!r} does not exist (the MNIST test split IDX "
           "file)", file=sys.stderr)

@@ -179,5 +179,6 @@ def test_cpu_has_bfloat16_reads_the_flags_line():
   assert recipes.cpu_has_bfloat16(zen4)
   assert recipes.cpu_has_bfloat16(sapphire)
   assert not recipes.cpu_has_bfloat16(avx2)
-  assert not recipes.cpu_has_bfloat16("")
-  assert isinstance(recipes.cpu_has_bfloat16(), bool)
+  assert recipes.cpu_has_bfloat16("") is None                    # nothing to read
+  assert recipes.cpu_has_bfloat16("Features\t: fp asimd bf16\n") is None   # ARM: not read
+  assert recipes.cpu_has_bfloat16() in (True, False, None)

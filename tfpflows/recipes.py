@@ -42,27 +42,34 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def cpu_has_bfloat16(cpuinfo=None):
-  """Whether this CPU computes bfloat16 natively (`BF16_CPU_FLAGS` among its flags).
+  """Whether this x86 CPU computes bfloat16 natively (`BF16_CPU_FLAGS` among its flags).
 
   `mixed_bfloat16` conditioners pay on such CPUs (a 2-core AMD EPYC with AVX512-BF16 ran the
-  MNIST Glow at 1.5x its float32 steps/s) and cost on others, where oneDNN emulates
+  MNIST Glow at 1.55x its float32 steps/s) and cost on others, where oneDNN emulates
   bfloat16 (an AVX2 CPU ran 4.3x slower).
 
   Args:
-    cpuinfo: the text of `/proc/cpuinfo`; None reads the file (False where it cannot be
-      read: not Linux).
+    cpuinfo: the text of Linux's `/proc/cpuinfo`; None reads the file.
+
+  Returns:
+    True or False from the x86 `flags` lines; None when it cannot tell (no readable
+    `/proc/cpuinfo`, or no x86 `flags` line: other systems and ARM CPUs, whose bfloat16
+    support this does not read).
   """
   if cpuinfo is None:
     try:
       with open("/proc/cpuinfo") as f:
         cpuinfo = f.read()
     except OSError:
-      return False
-  flags = set()
+      return None
+  flags, seen = set(), False
   for line in cpuinfo.splitlines():
     key, _, value = line.partition(":")
     if key.strip() == "flags":
+      seen = True
       flags.update(value.split())
+  if not seen:
+    return None
   return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 OPTIMIZERS = ("adam", "adamax")

@@ -85,19 +85,21 @@ PRESETS = {
         dataset="mnist",
         note="Glow's MNIST shape (2 levels of 8 steps, 256 channels; ~1,000 steps in 20 "
              "minutes on the AVX2 CPU of those runs): 2.17 bits/dim against 2.67 for the "
-             "4-step, 128-channel model with 4x the steps (README 'MNIST', runs 1 and 3); float32, since bfloat16 "
-             "conditioners were 4x slower on a CPU without AVX512-BF16"),
+             "4-step, 128-channel model with 4x the steps (README 'MNIST', runs 1 and 3); "
+             "float32, since bfloat16 conditioners were 4x slower on a CPU without "
+             "AVX512-BF16"),
     "glow_mnist_cpu_bf16": Preset(
         dict(model="glow", dataset="mnist", num_levels=2, num_steps=8, hidden=256,
              optimizer="adam", learning_rate=1e-3, warmup_steps=0, lr_decay="cosine",
              batch_size=64, steps=6800, ema=0.0, precision="mixed_bfloat16"),
         source="tfpflows: glow_mnist_cpu with bfloat16 conditioners (bench/mnist_bench.py)",
         dataset="mnist",
-        note="for CPUs with AVX512-BF16 or AMX (`grep -o avx512_bf16 /proc/cpuinfo`): "
-             "conditioners in bfloat16, the flow and its log-determinants in float32, 1.4x "
-             "the float32 steps/s there (about 6,800 steps in 20 minutes on 2 cores, over "
-             "which the learning rate decays to 0); on CPUs without them bfloat16 is "
-             "emulated and about 4x slower than float32"),
+        note="for x86 CPUs with AVX512-BF16 or AMX (`grep -o -E 'avx512_bf16|amx_bf16' "
+             "/proc/cpuinfo`): conditioners in bfloat16, the flow and its log-determinants "
+             "in float32, 1.55x the float32 steps/s on the 2-core EPYC it was set on; the "
+             "decay's 6,800 steps are what 20 minutes gave there (a figure of that "
+             "machine); on CPUs without them bfloat16 is emulated and about 4x slower "
+             "than float32"),
 }
 
 NAMES = tuple(PRESETS)

@@ -471,7 +471,7 @@ def run(config):
   data = load_data(config)
   _validate_batch_size(config, data.event_shape)
   if (config.precision == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU")
-      and not recipes.cpu_has_bfloat16()):
+      and recipes.cpu_has_bfloat16() is False):
     print("warning: --precision=mixed_bfloat16 on a CPU without AVX512-BF16 or AMX: "
           "bfloat16 is emulated there and typically several times slower than float32",
           file=sys.stderr)
