@@ -293,7 +293,13 @@ def make_optimizer(config):
 @contextlib.contextmanager
 def precision_policy(precision):
   """Keras' global dtype policy set to `precision` within the block (models built there
-  keep it: the conditioners compute in it, the flows stay float32)."""
+  keep it: the conditioners compute in it, the flows stay float32). Warns (stderr) when
+  it is bfloat16 on an x86 CPU known to emulate it and no GPU is visible."""
+  if (precision == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU")
+      and recipes.cpu_has_bfloat16() is False):
+    print("warning: --precision=mixed_bfloat16 on a CPU without AVX512-BF16 or AMX: "
+          "bfloat16 is emulated there and typically several times slower than float32",
+          file=sys.stderr)
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy(precision)
   try:
@@ -470,11 +476,6 @@ def run(config):
   _validate_config(config)
   data = load_data(config)
   _validate_batch_size(config, data.event_shape)
-  if (config.precision == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU")
-      and recipes.cpu_has_bfloat16() is False):
-    print("warning: --precision=mixed_bfloat16 on a CPU without AVX512-BF16 or AMX: "
-          "bfloat16 is emulated there and typically several times slower than float32",
-          file=sys.stderr)
   keras.utils.set_random_seed(config.seed)
   model = build_compiled_model(config, data.event_shape)
   checkpoint, step = _restore(config, model)
