@@ -57,6 +57,7 @@ CLI = {
     "unknown_dataset": (None, ["--model=nice", "--dataset=no_such_dataset_xyz"],
                         "unknown dataset"),
     "missing_npy": (None, ["--model=nice", "--dataset={tmp}/nothing.npy"], "does not exist"),
+    "missing_gz": (None, ["--model=glow", "--dataset={tmp}/t10k-images.gz"], "does not exist"),
     "npy_with_nan": (lambda tmp: [f"--dataset={_npy(tmp, np.array([[0.0, 1.0]] * 9 + [[np.nan, 0.0]]))}"],
                      ["--model=nice"], "NaN"),
     "npy_with_inf": (lambda tmp: [f"--dataset={_npy(tmp, np.array([[0.0, 1.0]] * 9 + [[0.0, np.inf]]))}"],

@@ -34,6 +34,9 @@ __all__ = [
 EVAL_SEED = 1234     # fixed, independent of the training seed: held-out NLLs compare across runs
 TOY_HELDOUT = 4096   # held-out points drawn for a toy density
 REFERENCE_POINTS = 4096
+# Suffixes of data files that no TFDS name has: a missing file with one is reported as
+# missing, not handed to TFDS (whose name parser answers in a page of text).
+_FILE_SUFFIXES = (".gz", ".npz", ".csv", ".txt", ".bin", ".ubyte", ".png", ".jpg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +135,9 @@ def load_data(name, *, batch_size, seed=0, data_dir=None, n_bits=8, cache="auto"
     raise ValueError(f"dataset file {name!r} is not a .npy or IDX file; expected a path "
                      "ending in .npy, an IDX file (*-idx3-ubyte, *.idx, optionally .gz), a "
                      "toy density or a TFDS dataset name")
+  if os.path.splitext(name)[1] in _FILE_SUFFIXES:
+    raise ValueError(f"dataset file {name!r} does not exist (and a name ending in "
+                     f"{os.path.splitext(name)[1]} is not a TFDS dataset)")
   try:
     train, heldout, shape = load_tfds_images(name, data_dir=data_dir, cache=cache)
   except UnknownDatasetError:
