@@ -16,6 +16,12 @@ each target, each system and each seed, one process:
    (`tfpflows.vi.elbo`, evaluation setting of our flows: exact log-dets in 2D), with the
    standard error of that estimate.
 
+   With `--avg-points N` (information), also the KL averaged over N points evenly spaced
+   in the budget's second half (the last one the final KL above; the clock stops while the
+   others are estimated from `--eval-samples / 4` draws): at a constant learning rate the
+   final iterate jitters around its optimum, and its KL with it; the average measures
+   where each surrogate sits, not where one draw of the jitter left it.
+
 Systems (parameter counts printed):
 
 * `tfp_iaf`: `tfb.Invert(tfb.MaskedAutoregressiveFlow(tfb.AutoregressiveNetwork(params=2,
@@ -139,18 +145,31 @@ def run(system, target, args, seed):
   step(tf.constant(0.))
   compile_s = time.perf_counter() - t0
   probe = cpu_probe(os.getpid())
+  # --avg-points: KL at evenly spaced times of the budget's second half, the clock paused
+  points = [args.budget * (0.5 + 0.5 * (i + 1) / args.avg_points)
+            for i in range(args.avg_points)][:-1]
+  path_kls, paused = [], 0.
   steps, t0 = 0, time.perf_counter()
-  while (elapsed := time.perf_counter() - t0) < args.budget:
+  while (elapsed := time.perf_counter() - t0 - paused) < args.budget:
     loss = step(tf.constant(elapsed / args.budget, tf.float32))
     steps += 1
+    if points and elapsed >= points[0]:
+      points.pop(0)
+      t_eval = time.perf_counter()
+      path_kls.append(vi.elbo(target.unnormalized_log_prob, q_eval,
+                              num_samples=args.eval_samples // 4,
+                              seed=seed + 3000 + len(path_kls)).kl(target.log_z))
+      paused += time.perf_counter() - t_eval
   float(loss)
-  elapsed = time.perf_counter() - t0
+  elapsed = time.perf_counter() - t0 - paused
   other = foreign_cores(probe, os.getpid())
   est = vi.elbo(target.unnormalized_log_prob, q_eval, num_samples=args.eval_samples,
                 seed=seed + 2000)
-  return dict(kl=est.kl(target.log_z), se=est.stderr, steps=steps, steps_s=steps / elapsed,
+  kl = est.kl(target.log_z)
+  return dict(kl=kl, se=est.stderr, steps=steps, steps_s=steps / elapsed,
               compile_s=compile_s, params=_count(variables), other=other,
-              log_z_is=est.log_z)
+              log_z_is=est.log_z,
+              avg_kl=float(np.mean(path_kls + [kl])) if args.avg_points else float("nan"))
 
 
 def base_components(flag, target_name):
@@ -177,6 +196,11 @@ def main(argv=None):
   p.add_argument("--iaf-layers", type=int, default=4)
   p.add_argument("--iaf-hidden", type=int, default=0, help="0: match ours_coupling")
   p.add_argument("--eval-samples", type=int, default=20000)
+  p.add_argument("--avg-points", type=int, default=0,
+                 help="info: also the KL averaged over this many points of the budget's "
+                      "second half (the last is the final KL; the clock stops while the "
+                      "others, of eval-samples / 4 draws each, are estimated): the "
+                      "final iterate's noise averaged out; 0 (default) skips it")
   p.add_argument("--no-mixbase-info", action="store_true",
                  help="skip tfp_iaf_mixbase on the mixture target")
   p.add_argument("--quick", action="store_true", help="1 seed, 3 s budgets, one target")
@@ -188,6 +212,8 @@ def main(argv=None):
                                             and int(args.base_components) >= 1):
     p.error(f"--base-components: expected 'auto' or a positive integer, got "
             f"{args.base_components!r}")
+  if args.avg_points < 0:
+    p.error(f"--avg-points: expected an integer >= 0, got {args.avg_points}")
   if args.iaf_hidden == 0:   # the MADE width whose IAF has ours_coupling's parameter count
     name, kw = FAMILIES["ours_coupling"]
     target_count = vi.build_surrogate(name, [2], **kw).count_params()
@@ -214,12 +240,13 @@ def main(argv=None):
         print(f"run {tname:8s} {system:16s} seed={seed} KL={r['kl']:.4f} +- {r['se']:.4f} "
               f"steps={r['steps']} steps/s={r['steps_s']:.1f} params={r['params']} "
               f"compile_s={r['compile_s']:.1f} other_cores={r['other']:.2f} "
-              f"is_log_z={r['log_z_is']:.3f} (true {target.log_z})", flush=True)
+              f"is_log_z={r['log_z_is']:.3f} (true {target.log_z})"
+              + (f" avg_kl={r['avg_kl']:.4f}" if args.avg_points else ""), flush=True)
   print("# summary: KL(q || p) mean over seeds; +- standard error from the seeds' spread; "
         "[mean per-seed Monte Carlo error]")
   ratios, infos = [], []
   for tname in args.targets.split(","):
-    summary, errors = {}, {}
+    summary, errors, avg_summary = {}, {}, {}
     for (t, system), rs in results.items():
       if t != tname:
         continue
@@ -228,9 +255,16 @@ def main(argv=None):
       summary[system] = float(np.mean(kls))
       errors[system] = max(spread if np.isfinite(spread) else 0.,
                            float(np.mean([r["se"] for r in rs])))
+      avg = ""
+      if args.avg_points:
+        avgs = np.array([r["avg_kl"] for r in rs])
+        avg_summary[system] = float(np.mean(avgs))
+        avg = (f" avg_kl={np.mean(avgs):.4f} +- "
+               f"{np.std(avgs, ddof=1) / math.sqrt(len(avgs)) if len(avgs) > 1 else 0:.4f}")
       print(f"{tname:8s} {system:16s} KL={np.mean(kls):.4f} +- {spread:.4f} "
             f"[mc {np.mean([r['se'] for r in rs]):.4f}] "
-            f"steps/s={np.median([r['steps_s'] for r in rs]):.1f} params={rs[0]['params']}")
+            f"steps/s={np.median([r['steps_s'] for r in rs]):.1f} params={rs[0]['params']}"
+            + avg)
     mine = {s: v for s, v in summary.items() if s.startswith("ours")}
     if "tfp_iaf" in summary and mine:
       best = min(mine, key=mine.get)
@@ -240,6 +274,10 @@ def main(argv=None):
       ratios.append((tname, summary["tfp_iaf"] / max(mine[best], 1e-12), best))
       for system in sorted(mine):
         infos.append(f"info {tname} tfp_iaf / {system} {summary['tfp_iaf'] / mine[system]:.3f}")
+      if avg_summary:
+        infos.append(f"info {tname} time-averaged KL, tfp_iaf / {best} "
+                     f"{avg_summary['tfp_iaf'] / max(avg_summary[best], 1e-12):.3f}   "
+                     f"# {args.avg_points} points of the budget's second half")
       if "tfp_iaf_mixbase" in summary:
         infos.append(f"info {tname} tfp_iaf_mixbase / {best} "
                      f"{summary['tfp_iaf_mixbase'] / mine[best]:.3f}   # the same base on both "

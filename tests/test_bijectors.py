@@ -42,7 +42,7 @@ def _lu_params(c, dtype, seed):
               sign=tf.constant(np.sign(rng.randn(c)), dtype))
 
 
-def _coupling(event_shape, mask, transform, reverse, scale="sigmoid", clamp=3.):
+def _coupling(event_shape, mask, transform, reverse, scale="sigmoid", clamp=3., shift="data"):
   event_ndims = len(event_shape)
   c = event_shape[-1]
   def make(dtype):
@@ -54,7 +54,7 @@ def _coupling(event_shape, mask, transform, reverse, scale="sigmoid", clamp=3.):
     net = (conv_net(c_in, c_out, dtype, 3) if event_ndims == 3
            else dense_net(c_in, c_out, dtype, 3))
     return B.Coupling(net, mask=mask, transform=transform, reverse=reverse,
-                      event_ndims=event_ndims, scale=scale, clamp=clamp)
+                      event_ndims=event_ndims, scale=scale, clamp=clamp, shift=shift)
   return make
 
 
@@ -97,6 +97,11 @@ for _shape in ((5,), (4, 4, 3)):
     # the soft-clamped exp scale; clamp 0.5 so that the tanh saturates on these inputs
     _key = f"coupling_exp_{_mask}_{'img' if len(_shape) == 3 else 'vec'}"
     CASES[_key] = (_shape, _coupling(_shape, _mask, "affine", _mask == "channel", "exp", 0.5))
+    # RealNVP's order, the shift after the scale, with either scale
+    for _scale in ("exp", "sigmoid"):
+      _key = f"coupling_latent_shift_{_scale}_{_mask}_{'img' if len(_shape) == 3 else 'vec'}"
+      CASES[_key] = (_shape, _coupling(_shape, _mask, "affine", _mask == "checkerboard",
+                                       _scale, 0.5, "latent"))
 
 NAMES = sorted(CASES)
 
@@ -204,6 +209,8 @@ def test_constructor_errors_are_one_line_and_name_the_value():
     B.Coupling(lambda x: x, transform="additive", scale="exp")
   with pytest.raises(ValueError, match="clamp must be a finite number > 0, got -1"):
     B.Coupling(lambda x: x, scale="exp", clamp=-1)
+  with pytest.raises(ValueError, match="shift must be one of .* got 'middle'"):
+    B.Coupling(lambda x: x, shift="middle")
 
 
 @pytest.mark.parametrize("raw,expected", [(0., 0.), (50., 0.5), (-50., -0.5), (0.2, None)])
@@ -220,6 +227,28 @@ def test_exp_scale_is_the_soft_clamped_log_scale(raw, expected):
   np.testing.assert_allclose(z[:, 2:], (y.numpy()[:, 2:] + shift) * np.exp(log_s), rtol=1e-12)
   np.testing.assert_allclose(bij.inverse_log_det_jacobian(y, event_ndims=1).numpy(),
                              [2 * log_s], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("scale", ["exp", "sigmoid"])
+def test_latent_shift_is_realnvps_order(scale):
+  """`shift="latent"`: `z_b = y_b s + t` (RealNVP, eq. 7), sampling `y_b = (z_b - t) / s`;
+  the default `"data"`: `z_b = (y_b + t) s` (Glow). Same log-det."""
+  shift, raw = 0.3, 0.7
+  net = lambda x: tf.concat([tf.fill(tf.shape(x), tf.constant(shift, x.dtype)),
+                             tf.fill(tf.shape(x), tf.constant(raw, x.dtype))], -1)
+  latent = B.Coupling(net, scale=scale, shift="latent", event_ndims=1)
+  data = B.Coupling(net, scale=scale, event_ndims=1)
+  s = np.exp(10 * np.tanh(raw / 10)) if scale == "exp" else 1 / (1 + np.exp(-(raw + 2)))
+  y = tf.constant([[1., 2., 3., 4.]], tf.float64)
+  np.testing.assert_allclose(latent.inverse(y).numpy()[:, 2:], y.numpy()[:, 2:] * s + shift,
+                             rtol=1e-12)
+  np.testing.assert_allclose(data.inverse(y).numpy()[:, 2:], (y.numpy()[:, 2:] + shift) * s,
+                             rtol=1e-12)
+  np.testing.assert_allclose(latent.forward(y).numpy()[:, 2:], (y.numpy()[:, 2:] - shift) / s,
+                             rtol=1e-12)
+  np.testing.assert_allclose(latent.inverse_log_det_jacobian(y, event_ndims=1).numpy(),
+                             data.inverse_log_det_jacobian(y, event_ndims=1).numpy(),
+                             rtol=1e-12)
 
 
 def test_lu_weight_matches_plain_conv_and_sum_of_log_scale():

@@ -72,7 +72,8 @@ def _fit_kl(target, name, num_steps, *, base_components=1, steps=400, seed=0):
 def test_elbo_approaches_log_z_on_the_banana():
   """The banana is a shear `x2 + b (x1^2 - a^2)` of a Gaussian: one affine coupling (its
   shift an MLP of `x1`) can approximate it closely, and the fitted ELBO is within a few
-  hundredths of log Z (measured KL with seeds 0, 1, 2: 0.024, 0.028, 0.043)."""
+  hundredths of log Z (measured KL with seeds 0, 1, 2: 0.016, 0.014, 0.096; in Glow's
+  coupling order, before `shift_side="latent"`: 0.024, 0.028, 0.043)."""
   target = targets.banana()
   est = _fit_kl(target, "realnvp", 1, steps=300)
   kl = est.kl(target.log_z)
@@ -82,15 +83,16 @@ def test_elbo_approaches_log_z_on_the_banana():
 
 
 def test_elbo_approaches_log_z_and_improves_with_depth_on_the_funnel():
-  """Neal's funnel. 4 RealNVP steps (exp-scale couplings, which can contract the neck)
-  come within about a tenth of a nat of log Z (KL with seeds 0, 1, 2: 0.079, 0.061,
-  0.155); planar flows improve with depth (2 maps: 1.00, 0.91, 0.91; 16 maps: 0.76, 0.58,
+  """Neal's funnel. 4 RealNVP steps (exp-scale couplings, which can contract the neck, in
+  RealNVP's order) come within a hundredth of a nat of log Z in 300 steps (KL with seeds
+  0, 1, 2: 0.007, 0.008, 0.003; in Glow's order 0.079, 0.061, 0.155); planar flows
+  improve with depth (2 maps: 1.00, 0.91, 0.91; 16 maps: 0.76, 0.58,
   0.64)."""
   target = targets.funnel()
   deep = _fit_kl(target, "realnvp", 4, steps=300)
   kl_deep = deep.kl(target.log_z)
   print("funnel KL, 4 RealNVP steps:", kl_deep, deep.stderr)
-  assert -4 * deep.stderr < kl_deep < 0.25, (kl_deep, deep.stderr)    # a lower bound on log Z
+  assert -4 * deep.stderr < kl_deep < 0.05, (kl_deep, deep.stderr)    # a lower bound on log Z
   assert deep.log_z == pytest.approx(target.log_z, abs=0.1)   # importance-sampled log Z
   shallow, deeper = _fit_kl(target, "planar", 2, steps=300), _fit_kl(target, "planar", 16,
                                                                      steps=300)
@@ -102,8 +104,9 @@ def test_elbo_approaches_log_z_and_improves_with_depth_on_the_funnel():
 
 def test_mixture_base_keeps_the_modes_of_a_multimodal_target():
   """4 separated modes: a unimodal base loses some (KL about log 4 or worse); a mixture base
-  keeps them (4 RealNVP steps, 8 components; seeds 0, 1, 2: 0.33, 0.19, 0.22 against 1.50,
-  4.39, 1.22 with a unimodal base)."""
+  keeps them (4 RealNVP steps, 8 components; seeds 0, 1, 2: 0.46, 0.14, 0.37 against 4.45,
+  1.21, 4.30 with a unimodal base; in Glow's coupling order 0.33, 0.19, 0.22 against 1.50,
+  4.39, 1.22)."""
   target = targets.gaussian_mixture()
   unimodal = _fit_kl(target, "realnvp", 4, steps=300)
   mixture = _fit_kl(target, "realnvp", 4, base_components=8, steps=300)
@@ -165,13 +168,16 @@ def test_mixture_base_trains_saves_and_serves(tmp_path):
 def test_build_surrogate_starts_at_the_given_gaussian(name):
   """Coupling surrogates start exactly at N(initial_loc, initial_scale^2 I) (Glow's 1x1
   convolutions are rotations of the standard normal base; its couplings, with the exp
-  scale, identities)."""
+  scale, identities; RealNVP's one ActNorm, next to the base, is followed by identities)."""
   model = vi.build_surrogate(name, [2], initial_loc=[1., -2.], initial_scale=[0.5, 3.],
                              hidden=8)
   assert model.initialized
   assert model.get_config().get("affine_scale") == (None if name == "nice" else "exp")
   actnorms = [l for l in model._flatten_layers() if l.__class__.__name__ == "ActNormLayer"]
-  assert len(actnorms) == 1        # one ActNorm, on the data side
+  assert len(actnorms) == 1   # next to the base (RealNVP; NICE's scaling), or on the data side
+  layers = model.flow.flow_layers
+  assert (layers[0] if name == "glow" else layers[-1]) is actnorms[0]
+  assert model.get_config().get("shift_side") == ("latent" if name == "realnvp" else None)
   x = np.random.default_rng(0).standard_normal((16, 2)).astype("float32")
   exact = tfd.MultivariateNormalDiag([1., -2.], [0.5, 3.]).log_prob(x).numpy()
   np.testing.assert_allclose(model.log_prob(x).numpy(), exact, rtol=1e-4, atol=1e-4)
@@ -188,3 +194,49 @@ def test_exp_scale_surrogate_saves_and_loads_with_its_scale(tmp_path):
   assert loaded.get_config()["affine_scale"] == "exp"
   x = np.random.default_rng(0).standard_normal((8, 2)).astype("float32")
   np.testing.assert_allclose(loaded.log_prob(x).numpy(), model.log_prob(x).numpy(), rtol=1e-5)
+
+
+
+def _floor_kl(shift_side, *, seed, warm=6000, evals=8, every=500):
+  """KL at `evals` points of a constant-rate (Adam 1e-2) fit of the funnel after `warm`
+  steps: TFP's loss in one compiled step, as a user's own loop runs it."""
+  keras.utils.set_random_seed(seed)
+  target = targets.funnel()
+  model = vi.build_surrogate("realnvp", [2], num_steps=4, hidden=32, seed=seed,
+                             initial_scale=2., shift_side=shift_side)
+  q, variables = model.distribution(), model.tf_trainable_variables
+  opt = keras.optimizers.Adam(1e-2)
+  opt.build(variables)
+  seeds = tf.Variable(tfp.random.sanitize_seed(seed))
+
+  @tf.function(jit_compile=True, autograph=False)
+  def step():
+    s, nxt = tfp.random.split_seed(seeds, 2)
+    with tf.GradientTape() as tape:
+      loss = tfp.vi.monte_carlo_variational_loss(target.unnormalized_log_prob, q,
+                                                 sample_size=64, seed=s)
+    opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    seeds.assign(nxt)
+
+  kls = []
+  for k in range(warm + evals * every):
+    step()
+    if k >= warm and (k - warm + 1) % every == 0:
+      kls.append(vi.elbo(target.unnormalized_log_prob, q, num_samples=10000,
+                         seed=k).kl(target.log_z))
+  return np.array(kls)
+
+
+def test_latent_side_shifts_keep_a_constant_rate_fit_of_the_funnel_steady():
+  """RealNVP's coupling order (`shift_side="latent"`, `build_surrogate`'s default for
+  RealNVP) against Glow's on Neal's funnel at a constant Adam rate: with the shifts in data
+  units Adam's jitter moves the mass across the neck (width `e^{-4.5}`) and the KL spikes.
+  Measured, KL at 8 points after 6,000 steps, seeds 0 and 1: latent side means 0.0065 and
+  0.013 (max 0.038), data side 0.070 and 0.023 (max 0.18). One seed's window can be calm
+  on the data side too, so the two seeds are pooled."""
+  latent = np.concatenate([_floor_kl("latent", seed=s) for s in (0, 1)])
+  data = np.concatenate([_floor_kl("data", seed=s) for s in (0, 1)])
+  print("funnel KL at a constant rate, latent / data side shifts:", np.round(latent, 4),
+        np.round(data, 4))
+  assert latent.max() < 0.05, latent
+  assert latent.mean() < 0.5 * data.mean(), (latent, data)

@@ -1,7 +1,7 @@
 """Keras layer owning a coupling's conditioner network."""
 
 from tfpflows import bijectors
-from tfpflows.bijectors.coupling import check_scale
+from tfpflows.bijectors.coupling import check_scale, check_shift
 from tfpflows.layers import networks
 from tfpflows.layers.base import BijectorLayer
 
@@ -11,7 +11,7 @@ class CouplingLayer(BijectorLayer):
 
   Args:
     channels: `C`, size of the event's last axis.
-    mask, transform, reverse, event_ndims, scale: as in `bijectors.Coupling`.
+    mask, transform, reverse, event_ndims, scale, shift: as in `bijectors.Coupling`.
     hidden: width of the default conditioner (ignored when `conditioner` is given).
     conditioner: optional Keras layer (or any callable whose weights Keras tracks) mapping
       the conditioning input to `k * C_b` (channel mask) or `k * C` (checkerboard)
@@ -20,10 +20,12 @@ class CouplingLayer(BijectorLayer):
   """
 
   def __init__(self, channels, *, mask="channel", transform="affine", reverse=False,
-               event_ndims=3, hidden=512, conditioner=None, scale="sigmoid", **kwargs):
+               event_ndims=3, hidden=512, conditioner=None, scale="sigmoid", shift="data",
+               **kwargs):
     super().__init__(**kwargs)
     check_scale(scale, transform, "CouplingLayer")
-    self.scale = scale
+    check_shift(shift, "CouplingLayer")
+    self.scale, self.shift = scale, shift
     self.channels, self.mask, self.transform = int(channels), mask, transform
     self.reverse, self.event_ndims = bool(reverse), event_ndims
     if mask == "channel":
@@ -41,4 +43,4 @@ class CouplingLayer(BijectorLayer):
     del training
     return bijectors.Coupling(self.conditioner, mask=self.mask, transform=self.transform,
                               reverse=self.reverse, event_ndims=self.event_ndims, scale=self.scale,
-                              name=self.name)
+                              shift=self.shift, name=self.name)

@@ -5,7 +5,7 @@ import numbers
 import tensorflow as tf
 
 from tfpflows import layers as L
-from tfpflows.bijectors.coupling import SCALES
+from tfpflows.bijectors.coupling import SCALES, SHIFTS
 from tfpflows.layers import simple_flows
 from tfpflows.layers.base import check_placement
 from tfpflows.models import cif_flows, residual_flows
@@ -40,14 +40,18 @@ def _mixing(permutation, channels, *, event_ndims, seed):
 
 
 def _step(name, k, channels, *, event_ndims, hidden, seed, permutation="lu",
-          affine_scale="sigmoid", actnorm=True):
+          affine_scale="sigmoid", actnorm=True, shift_side="data"):
   """One flow step, data side first: the layers of step `k` of model `name` (Glow and
-  RealNVP without their ActNorm for `actnorm=False`)."""
+  RealNVP without their ActNorm for `actnorm=False`). `shift_side="latent"`: the
+  couplings add their shift after the scale and the ActNorm closes the step."""
   norm = [L.ActNormLayer(channels, event_ndims=event_ndims)] if actnorm else []
+  def place(parts):   # the ActNorm on the step's data side, or on its latent side
+    return norm + parts if shift_side == "data" else parts + norm
   if name == "glow":
-    return norm + [_mixing(permutation, channels, event_ndims=event_ndims, seed=seed),
-                   L.CouplingLayer(channels, mask="channel", transform="affine",
-                                   event_ndims=event_ndims, hidden=hidden, scale=affine_scale)]
+    return place([_mixing(permutation, channels, event_ndims=event_ndims, seed=seed),
+                  L.CouplingLayer(channels, mask="channel", transform="affine",
+                                  event_ndims=event_ndims, hidden=hidden, scale=affine_scale,
+                                  shift=shift_side)])
   # RealNVP and NICE: alternating masks instead of a learned permutation. On images, two
   # checkerboard couplings then two channel couplings (RealNVP, section 3.6); on vectors,
   # the two halves alternate.
@@ -55,24 +59,28 @@ def _step(name, k, channels, *, event_ndims, hidden, seed, permutation="lu",
   coupling = L.CouplingLayer(channels, mask=mask, reverse=bool(k % 2),
                              transform="affine" if name == "realnvp" else "additive",
                              event_ndims=event_ndims, hidden=hidden,
-                             scale=affine_scale if name == "realnvp" else "sigmoid")
+                             scale=affine_scale if name == "realnvp" else "sigmoid",
+                             shift=shift_side)
   if name == "realnvp":   # ActNorm in place of RealNVP's batch normalisation
-    return norm + [coupling]
+    return place([coupling])
   return [coupling]
 
 
 def _steps(name, num_steps, channels, *, event_ndims, hidden, seed, permutation,
-           affine_scale="sigmoid", step_actnorm=True):
+           affine_scale="sigmoid", step_actnorm=True, shift_side="data"):
+  """The steps, data side first; without `step_actnorm`, one ActNorm only: in the
+  data-side step (`shift_side="data"`) or the latent-side one (`"latent"`)."""
+  last = 0 if shift_side == "data" else num_steps - 1
   out = []
   for k in range(num_steps):
     out += _step(name, k, channels, event_ndims=event_ndims, hidden=hidden, seed=seed + k,
                  permutation=permutation, affine_scale=affine_scale,
-                 actnorm=step_actnorm or k == 0)
+                 actnorm=step_actnorm or k == last, shift_side=shift_side)
   return out
 
 
 def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, permutation,
-                 affine_scale="sigmoid", top_shape=None):
+                 affine_scale="sigmoid", top_shape=None, shift_side="data"):
   """Level `level`: squeeze, K steps, factor out half (all but the last level), unsqueeze.
 
   Closing each level with an unsqueeze keeps it shape-preserving, as `FactorOut` needs of
@@ -82,11 +90,12 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
   layers = [L.SqueezeLayer()]
   layers += _steps(name, num_steps, channels, event_ndims=3, hidden=hidden,
                    seed=seed + 1000 * level, permutation=permutation,
-                   affine_scale=affine_scale)
+                   affine_scale=affine_scale, shift_side=shift_side)
   if level < num_levels - 1:
     inner = _image_level(name, level + 1, num_levels, channels // 2, num_steps=num_steps,
                          hidden=hidden, seed=seed, permutation=permutation,
-                         affine_scale=affine_scale, top_shape=top_shape)
+                         affine_scale=affine_scale, top_shape=top_shape,
+                         shift_side=shift_side)
     layers.append(L.FactorOutLayer(inner, channels, event_ndims=3))
   elif top_shape is not None:   # learn_top: the top level's learned prior
     layers.append(L.LearnedTopLayer(top_shape))
@@ -97,7 +106,7 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
 def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0,
                permutation="lu", placement="density", base_components=1,
                affine_scale="sigmoid", step_actnorm=True, u_dim=1,
-               num_importance_samples=None, learn_top=False):
+               num_importance_samples=None, learn_top=False, shift_side="data"):
   """Builds a `FlowModel`: Glow, RealNVP, NICE, i-ResNet, Residual Flow, planar, radial, Sylvester.
 
   Vectors (`event_shape = [D]`): `num_steps` steps on the whole vector, MLP conditioners.
@@ -173,6 +182,14 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
       to the latent: stable for density estimation) or `"exp"` (`exp(10 tanh(h / 10))`,
       contracting and expanding alike, the identity at initialisation: for variational
       inference, where `tfpflows.vi.build_surrogate` picks it).
+    shift_side: where Glow's and RealNVP's free shifts act: `"data"` (default; Glow's
+      order, couplings `z_b = (y_b + t) s`, each ActNorm before its step's coupling) or
+      `"latent"` (RealNVP's order, `z_b = y_b s + t`, each ActNorm after its step's
+      coupling, and with `step_actnorm=False` the one ActNorm next to the base). On the
+      sampling side every shift is then in latent units, scaled by the local scale, as in
+      an inverse autoregressive flow: for variational inference, where a data-unit shift
+      jittered by Adam moves mass across a narrow region of the target
+      (`tfpflows.vi.build_surrogate` picks it; `bijectors.Coupling`'s `shift`).
 
   Raises:
     ValueError: a one-line message for an unknown name or an impossible shape.
@@ -197,6 +214,12 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if learn_top and (name not in ("glow", "realnvp", "nice") or len(event_shape) != 3):
     raise ValueError(f"learn_top=True applies to glow, realnvp and nice on images [H, W, C]; "
                      f"got {name} on event_shape {list(event_shape)}")
+  if shift_side not in SHIFTS:
+    raise ValueError(f"build_flow: shift_side must be one of {', '.join(SHIFTS)}; got "
+                     f"{shift_side!r}")
+  if shift_side != "data" and name not in ("glow", "realnvp"):
+    raise ValueError(f"shift_side={shift_side!r} applies to glow and realnvp (affine "
+                     f"couplings and ActNorms); {name} has none")
   if name in cif_flows.NAMES:
     return _build_cif(name, event_shape, num_levels=num_levels, num_steps=num_steps,
                       hidden=hidden, seed=seed, permutation=permutation, placement=placement,
@@ -248,6 +271,8 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     spec["affine_scale"] = affine_scale
   if not step_actnorm:
     spec["step_actnorm"] = False
+  if shift_side != "data":
+    spec["shift_side"] = shift_side
   base = None
   if base_components > 1:
     spec["base_components"] = int(base_components)
@@ -276,7 +301,7 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
       top = (h // 2 ** num_levels, w // 2 ** num_levels, c * 2 ** (num_levels + 1))
       flow = _image_level(name, 0, num_levels, c, num_steps=num_steps, hidden=hidden,
                           seed=seed, permutation=permutation, affine_scale=affine_scale,
-                          top_shape=top if learn_top else None)
+                          top_shape=top if learn_top else None, shift_side=shift_side)
       if learn_top:
         spec["learn_top"] = True
     if name == "nice":
@@ -294,7 +319,7 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     else:
       layers = _steps(name, num_steps, d, event_ndims=1, hidden=hidden, seed=seed,
                       permutation=permutation, affine_scale=affine_scale,
-                      step_actnorm=step_actnorm)
+                      step_actnorm=step_actnorm, shift_side=shift_side)
       if name == "nice":
         layers.append(L.ActNormLayer(d, event_ndims=1))
       flow = L.ChainLayer(layers)
