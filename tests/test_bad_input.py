@@ -252,7 +252,11 @@ API = {
     "build_unknown_shift_side": (_build(shift_side="middle"), ValueError,
                                  "shift_side must be one of data, latent; got 'middle'"),
     "build_shift_side_for_cif": (_build(name="cif-realnvp", shift_side="latent"), ValueError,
-                                 "shift_side='latent' applies to glow and realnvp"),
+                                 "shift_side='latent' applies to glow and realnvp only; "
+                                 "got cif-realnvp"),
+    "surrogate_glow_latent_shift": (lambda m, tmp: vi.build_surrogate("glow", [2],
+                                                                      shift_side="latent"),
+                                    ValueError, "shift_side='latent' with glow"),
     "build_mixture_base_for_images": (_build(event_shape=(8, 8, 1), base_components=3),
                                       ValueError, "applies to vector events"),
     "surrogate_for_images": (lambda m, tmp: vi.build_surrogate("realnvp", [4, 4, 1]),

@@ -99,9 +99,11 @@ for _shape in ((5,), (4, 4, 3)):
     CASES[_key] = (_shape, _coupling(_shape, _mask, "affine", _mask == "channel", "exp", 0.5))
     # RealNVP's order, the shift after the scale, with either scale
     for _scale in ("exp", "sigmoid"):
-      _key = f"coupling_latent_shift_{_scale}_{_mask}_{'img' if len(_shape) == 3 else 'vec'}"
-      CASES[_key] = (_shape, _coupling(_shape, _mask, "affine", _mask == "checkerboard",
-                                       _scale, 0.5, "latent"))
+      for _reverse in (False, True):
+        _key = (f"coupling_latent_shift_{_scale}_{_mask}{'_rev' if _reverse else ''}_"
+                f"{'img' if len(_shape) == 3 else 'vec'}")
+        CASES[_key] = (_shape, _coupling(_shape, _mask, "affine", _reverse, _scale, 0.5,
+                                         "latent"))
 
 NAMES = sorted(CASES)
 

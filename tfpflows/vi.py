@@ -73,17 +73,21 @@ def build_surrogate(name, event_shape, *, num_steps=None, hidden=None, seed=0,
     contraction), and that starts as the identity; and one ActNorm
     (`step_actnorm=False`): with free coupling scales the per-step ActNorms only duplicate
     scale parameters, and Adam moves duplicates all at once (measured on Neal's funnel,
-    RealNVP with 4 steps, 5 seeds of 20 s: mean KL 0.054 with them, 0.025 without).
+    RealNVP with 4 steps, 5 seeds of 20 s, in Glow's coupling order: mean KL 0.054 with
+    them, 0.025 without).
   * RealNVP: `shift_side="latent"` unless given (RealNVP's own coupling order,
     `z_b = y_b s + t`, and the one ActNorm next to the base): on the sampling side every
     shift is in latent units and multiplied by the local scale, as in an inverse
     autoregressive flow. With Glow's order the shifts are in data units, and Adam's jitter
     of about one learning rate moves mass across a narrow part of the target: on Neal's
     funnel (neck width `e^{-4.5}`), RealNVP with 4 steps at a constant Adam 1e-2, the KL
-    at 8 points after 6,000 steps averaged 0.070 and 0.023 (seeds 0, 1; spikes to 0.18)
-    in Glow's order and 0.0065 and 0.013 in RealNVP's (`tests/test_vi.py`, the funnel
-    at a constant rate). Glow keeps `"data"`: its 1x1 convolutions would rotate the
-    initial Gaussian below.
+    at 8 points after 6,000 steps averaged 0.070, 0.023 and 0.066 (seeds 0 to 2; spikes
+    to 0.18) in Glow's order and 0.0065, 0.013 and 0.0085 in RealNVP's
+    (`tests/test_vi.py`, the funnel at a constant rate). Glow keeps `"data"` (and refuses `"latent"`): its 1x1
+    convolutions would rotate the initial Gaussian below. Weights saved with
+    `save_weights` from a RealNVP surrogate built before this default (Glow's order)
+    load only into `build_surrogate(..., shift_side="data")`; `.keras` files keep their
+    order.
   * Initialisation without data: every ActNorm is the identity except the one nearest the
     data, which starts at `x = initial_loc + initial_scale * (.)`, and all are marked
     initialised. So `q` starts near
@@ -103,7 +107,8 @@ def build_surrogate(name, event_shape, *, num_steps=None, hidden=None, seed=0,
     initial_scale: number or `[D]` vector, `> 0`.
 
   Raises:
-    ValueError: (one line) an image shape, a bad size, a non-positive or non-finite scale.
+    ValueError: (one line) an image shape, a bad size, a non-positive or non-finite scale,
+      `shift_side="latent"` for Glow.
   """
   if not isinstance(event_shape, (list, tuple)) or len(event_shape) != 1:
     raise ValueError(f"build_surrogate: event_shape must be [D] (a vector); got "
@@ -122,6 +127,10 @@ def build_surrogate(name, event_shape, *, num_steps=None, hidden=None, seed=0,
     kwargs.setdefault("step_actnorm", False)
   if name == "realnvp":
     kwargs.setdefault("shift_side", "latent")
+  if name == "glow" and kwargs.get("shift_side") == "latent":
+    raise ValueError("build_surrogate: shift_side='latent' with glow would put its 1x1 "
+                     "convolutions between the initial scale and the data (a rotated start); "
+                     "use realnvp, or build_flow to place it yourself")
   model = build_flow(name, [d], num_steps=num_steps, hidden=hidden, seed=seed,
                      placement=placement, **kwargs)
   actnorms = [l for l in _data_side_first(model.flow) if isinstance(l, ActNormLayer)]

@@ -218,8 +218,8 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
     raise ValueError(f"build_flow: shift_side must be one of {', '.join(SHIFTS)}; got "
                      f"{shift_side!r}")
   if shift_side != "data" and name not in ("glow", "realnvp"):
-    raise ValueError(f"shift_side={shift_side!r} applies to glow and realnvp (affine "
-                     f"couplings and ActNorms); {name} has none")
+    raise ValueError(f"build_flow: shift_side={shift_side!r} applies to glow and realnvp "
+                     f"only; got {name} (expected the default 'data')")
   if name in cif_flows.NAMES:
     return _build_cif(name, event_shape, num_levels=num_levels, num_steps=num_steps,
                       hidden=hidden, seed=seed, permutation=permutation, placement=placement,
