@@ -34,6 +34,11 @@ _GLOW = dict(model="glow", num_steps=32, hidden=512, optimizer="adamax",
 _RESFLOW = dict(model="resflow", num_steps=16, hidden=512, optimizer="adam",
                 learning_rate=1e-3, warmup_steps=1000, ema=0.999, batch_size=64)
 
+# The CPU MNIST recipe; its bfloat16 preset differs only in precision and the decay.
+_GLOW_MNIST_CPU = dict(model="glow", dataset="mnist", num_levels=2, num_steps=8, hidden=256,
+                       optimizer="adam", learning_rate=1e-3, warmup_steps=0, batch_size=64,
+                       steps=1200, ema=0.0, precision="float32")
+
 PRESETS = {
     "glow_mnist": Preset(
         dict(_GLOW, dataset="mnist", num_levels=2, warmup_steps=9375, steps=200_000),
@@ -78,9 +83,7 @@ PRESETS = {
         published_bpd=3.334, dataset="cifar10",
         note="scales [4, 4, 4], 128 channels, s,t / p / q nets of two 3x3 convolutions of 32"),
     "glow_mnist_cpu": Preset(
-        dict(model="glow", dataset="mnist", num_levels=2, num_steps=8, hidden=256,
-             optimizer="adam", learning_rate=1e-3, warmup_steps=0, batch_size=64,
-             steps=1200, ema=0.0, precision="float32"),
+        _GLOW_MNIST_CPU,
         source="tfpflows: the MNIST recipe for 20 minutes on 2 CPU cores (bench/mnist_bench.py)",
         dataset="mnist",
         note="Glow's MNIST shape (2 levels of 8 steps, 256 channels; ~1,000 steps in 20 "
@@ -89,9 +92,7 @@ PRESETS = {
              "float32, since bfloat16 conditioners were 4x slower on a CPU without "
              "AVX512-BF16"),
     "glow_mnist_cpu_bf16": Preset(
-        dict(model="glow", dataset="mnist", num_levels=2, num_steps=8, hidden=256,
-             optimizer="adam", learning_rate=1e-3, warmup_steps=0, lr_decay="cosine",
-             batch_size=64, steps=6800, ema=0.0, precision="mixed_bfloat16"),
+        dict(_GLOW_MNIST_CPU, lr_decay="cosine", steps=6800, precision="mixed_bfloat16"),
         source="tfpflows: glow_mnist_cpu with bfloat16 conditioners (bench/mnist_bench.py)",
         dataset="mnist",
         note="for x86 CPUs with AVX512-BF16 or AMX (`grep -o -E 'avx512_bf16|amx_bf16' "

@@ -103,6 +103,16 @@ def _image_level(name, level, num_levels, channels, *, num_steps, hidden, seed, 
   return L.ChainLayer(layers)
 
 
+def _check_affine_option(arg, value, choices, name):
+  """One-line ValueError unless `value` is one of `choices` (the first is the default) and,
+  when not the default, `name` is a flow with affine couplings (glow, realnvp)."""
+  if value not in choices:
+    raise ValueError(f"build_flow: {arg} must be one of {', '.join(choices)}; got {value!r}")
+  if value != choices[0] and name not in ("glow", "realnvp"):
+    raise ValueError(f"build_flow: {arg}={value!r} applies to glow and realnvp only; got "
+                     f"{name} (expected the default {choices[0]!r})")
+
+
 def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=None, seed=0,
                permutation="lu", placement="density", base_components=1,
                affine_scale="sigmoid", step_actnorm=True, u_dim=1,
@@ -214,12 +224,7 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if learn_top and (name not in ("glow", "realnvp", "nice") or len(event_shape) != 3):
     raise ValueError(f"learn_top=True applies to glow, realnvp and nice on images [H, W, C]; "
                      f"got {name} on event_shape {list(event_shape)}")
-  if shift_side not in SHIFTS:
-    raise ValueError(f"build_flow: shift_side must be one of {', '.join(SHIFTS)}; got "
-                     f"{shift_side!r}")
-  if shift_side != "data" and name not in ("glow", "realnvp"):
-    raise ValueError(f"build_flow: shift_side={shift_side!r} applies to glow and realnvp "
-                     f"only; got {name} (expected the default 'data')")
+  _check_affine_option("shift_side", shift_side, SHIFTS, name)
   if name in cif_flows.NAMES:
     return _build_cif(name, event_shape, num_levels=num_levels, num_steps=num_steps,
                       hidden=hidden, seed=seed, permutation=permutation, placement=placement,
@@ -237,12 +242,7 @@ def build_flow(name, event_shape, *, num_levels=None, num_steps=None, hidden=Non
   if u_dim != 1:
     raise ValueError(f"u_dim applies to the CIF models ({', '.join(cif_flows.NAMES)}); "
                      f"{name} has no index")
-  if affine_scale not in SCALES:
-    raise ValueError(f"build_flow: affine_scale must be one of {', '.join(SCALES)}; got "
-                     f"{affine_scale!r}")
-  if affine_scale != "sigmoid" and name not in ("glow", "realnvp"):
-    raise ValueError(f"affine_scale={affine_scale!r} applies to glow and realnvp (affine "
-                     f"couplings); {name} has none")
+  _check_affine_option("affine_scale", affine_scale, SCALES, name)
   check_placement(placement, "build_flow")
   if placement != "density" and name not in PLACED_NAMES:
     raise ValueError(f"placement={placement!r} applies to {', '.join(PLACED_NAMES)}; {name} "
