@@ -8,7 +8,10 @@ each target, each system and each seed, one process:
    `tfp.vi.monte_carlo_variational_loss` (reverse KL, reparameterised, `--sample-size`
    samples, stateless seeds), its gradient and a Keras `Adam(--lr)` update of the
    surrogate's `trainable_variables` (exactly the step `tfp.vi.fit_surrogate_posterior`
-   runs);
+   runs). `--gradient-estimator stl` gives every system the sticking-the-landing gradient
+   instead (TFP's `DOUBLY_REPARAMETERIZED` with a stopped copy of the surrogate: ours
+   `distribution(stop_gradient=True)`, the IAF's a second IAF assigned the trained
+   weights at the start of each timed step), whose noise vanishes as `q` nears the target;
 2. runs the step once untimed (compilation), then for `--budget` seconds of wall clock
    (`--lr-schedule linear`: the learning rate decays linearly to 0 over that time, for
    both systems alike; the default `constant` is what `fit_surrogate_posterior` runs);
@@ -68,6 +71,7 @@ import tensorflow_probability as tfp  # noqa: E402
 
 from bench.bench_workers import cpu_probe, foreign_cores  # noqa: E402
 from tfpflows import targets, vi  # noqa: E402
+from tfpflows.checkpoint import NonFiniteError  # noqa: E402
 from tfpflows.layers import GaussianMixtureBase  # noqa: E402
 
 tfb, tfd = tfp.bijectors, tfp.distributions
@@ -103,24 +107,46 @@ def ours(system, args, seed):
   model = vi.build_surrogate(name, [2], seed=seed, initial_scale=args.initial_scale,
                              base_components=args.k, **kw)
   return (model.distribution(training=True), model.distribution(),
-          model.tf_trainable_variables)
+          model.tf_trainable_variables, model.distribution(training=True, stop_gradient=True),
+          ())
 
 
 def make(system, args, seed):
+  """`(q to train, q to evaluate, its variables, stopped copy, [(copy's, q's variable)])`.
+
+  The stopped copy is what STL differentiates `log q` through (samples only): ours is
+  `distribution(stop_gradient=True)`; the IAF's is a second IAF of the same shape whose
+  variables are assigned the trained ones at the start of every step (in the timed step).
+  """
+  stl = args.gradient_estimator == "stl"
   if system == "tfp_iaf":
-    return iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
+    q, q_eval, variables = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
+    stopped, copies = None, []
+    if stl:
+      stopped, _, copies = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
+    return q, q_eval, variables, stopped, list(zip(copies, variables))
   if system == "tfp_iaf_mixbase":
     keras.utils.set_random_seed(seed)
     base_layer = GaussianMixtureBase(2, max(args.k, 2), seed=seed)
     q, _, variables = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed,
                           base=base_layer.distribution(reparameterize=True))
     q_eval = tfd.TransformedDistribution(base_layer.distribution(), q.bijector)
-    return q, q_eval, variables
+    stopped, pairs = None, []
+    if stl:
+      made, _, _ = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
+      stopped = tfd.TransformedDistribution(
+          base_layer.distribution(reparameterize=True, stop_gradient=True), made.bijector)
+      pairs = list(zip(made.bijector.trainable_variables, q.bijector.trainable_variables))
+    return q, q_eval, variables, stopped, pairs
   return ours(system, args, seed)
 
 
 def run(system, target, args, seed):
-  q_train, q_eval, variables = make(system, args, seed)
+  q_train, q_eval, variables, stopped, copies = make(system, args, seed)
+  estimator = {}
+  if args.gradient_estimator == "stl":
+    estimator = dict(gradient_estimator=tfp.vi.GradientEstimators.DOUBLY_REPARAMETERIZED,
+                     stopped_surrogate_posterior=stopped)
   opt = keras.optimizers.Adam(args.lr)
   opt.build(variables)
   seed_t = tf.Variable(tfp.random.sanitize_seed(seed + 1000))
@@ -131,11 +157,14 @@ def run(system, target, args, seed):
   def step(elapsed_fraction):
     if decay:   # lr * (1 - t / budget), t the wall-clock time into the run
       opt.learning_rate.assign(args.lr * tf.maximum(1. - elapsed_fraction, 0.))
+    for copy, v in copies:   # the IAF's stopped copy takes the current weights
+      copy.assign(v)
     s, nxt = tfp.random.split_seed(seed_t, 2)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
       tape.watch(variables)
       loss = tfp.vi.monte_carlo_variational_loss(
-          target.unnormalized_log_prob, q_train, sample_size=args.sample_size, seed=s)
+          target.unnormalized_log_prob, q_train, sample_size=args.sample_size, seed=s,
+          **estimator)
     grads = tape.gradient(loss, variables)
     opt.apply_gradients(zip(grads, variables))
     seed_t.assign(nxt)
@@ -156,20 +185,32 @@ def run(system, target, args, seed):
     if points and elapsed >= points[0]:
       points.pop(0)
       t_eval = time.perf_counter()
-      path_kls.append(vi.elbo(target.unnormalized_log_prob, q_eval,
-                              num_samples=max(args.eval_samples // 4, 2),
-                              seed=seed + 3000 + len(path_kls)).kl(target.log_z))
+      est = _estimate(target, q_eval, max(args.eval_samples // 4, 2),
+                      seed + 3000 + len(path_kls))
       paused += time.perf_counter() - t_eval
+      if est is None:   # the surrogate went non-finite: the run has failed, stop it
+        break
+      path_kls.append(est.kl(target.log_z))
   float(loss)
   elapsed = time.perf_counter() - t0 - paused
   other = foreign_cores(probe, os.getpid())
-  est = vi.elbo(target.unnormalized_log_prob, q_eval, num_samples=args.eval_samples,
-                seed=seed + 2000)
-  kl = est.kl(target.log_z)
-  return dict(kl=kl, se=est.stderr, steps=steps, steps_s=steps / elapsed,
+  est = _estimate(target, q_eval, args.eval_samples, seed + 2000)
+  if est is None:
+    kl, se, log_z = math.inf, float("nan"), float("nan")
+  else:
+    kl, se, log_z = est.kl(target.log_z), est.stderr, est.log_z
+  return dict(kl=kl, se=se, steps=steps, steps_s=steps / elapsed,
               compile_s=compile_s, params=_count(variables), other=other,
-              log_z_is=est.log_z,
+              log_z_is=log_z,
               avg_kl=float(np.mean(path_kls + [kl])) if args.avg_points else float("nan"))
+
+
+def _estimate(target, q, n, seed):
+  """`vi.elbo` of `q`, or None where its log-densities are non-finite (a diverged run)."""
+  try:
+    return vi.elbo(target.unnormalized_log_prob, q, num_samples=n, seed=seed)
+  except NonFiniteError:
+    return None
 
 
 def base_components(flag, target_name):
@@ -190,6 +231,11 @@ def main(argv=None):
   p.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
                  help="constant (what fit_surrogate_posterior runs) or linear decay to 0 "
                       "over the budget (removes most of the final iterate's noise)")
+  p.add_argument("--gradient-estimator", choices=("reparameterized", "stl"),
+                 default="reparameterized",
+                 help="for every system alike: reparameterized (what fit_surrogate_posterior "
+                      "runs) or stl (sticking the landing: TFP's doubly-reparameterised "
+                      "estimator with a stopped copy of each surrogate)")
   p.add_argument("--initial-scale", type=float, default=2.)
   p.add_argument("--base-components", default="auto",
                  help="auto: 8 on the multimodal target, 1 on the others; or a number")
@@ -223,6 +269,7 @@ def main(argv=None):
     args.iaf_hidden = min(counts, key=lambda h: abs(counts[h] - target_count))
   print(f"# VI, equal wall clock: budget={args.budget}s/run seeds={args.seeds} "
         f"sample_size={args.sample_size} Adam({args.lr}, {args.lr_schedule}) "
+        f"gradient={args.gradient_estimator} "
         f"initial_scale={args.initial_scale} "
         f"base_components={args.base_components} iaf={args.iaf_layers}x[{args.iaf_hidden}, "
         f"{args.iaf_hidden}] eval_samples={args.eval_samples}")
@@ -248,20 +295,25 @@ def main(argv=None):
         "[mean per-seed Monte Carlo error]")
   ratios, infos = [], []
   for tname in args.targets.split(","):
-    summary, errors, avg_summary = {}, {}, {}
+    summary, errors, avg_summary, failed = {}, {}, {}, {}
     for (t, system), rs in results.items():
       if t != tname:
         continue
+      # a run whose surrogate went non-finite is counted and left out of the means
+      failed[system] = sum(not np.isfinite(r["kl"]) for r in rs)
+      rs = [r for r in rs if np.isfinite(r["kl"])] or rs
       kls = np.array([r["kl"] for r in rs])
       spread = float(np.std(kls, ddof=1) / math.sqrt(len(kls))) if len(kls) > 1 else float("nan")
       summary[system] = float(np.mean(kls))
       errors[system] = max(spread if np.isfinite(spread) else 0.,
                            float(np.mean([r["se"] for r in rs])))
       avg = ""
+      if failed[system]:
+        avg += f" non-finite runs={failed[system]} (left out of the means)"
       if args.avg_points:
         avgs = np.array([r["avg_kl"] for r in rs])
         avg_summary[system] = float(np.mean(avgs))
-        avg = (f" avg_kl={np.mean(avgs):.4f} +- "
+        avg += (f" avg_kl={np.mean(avgs):.4f} +- "
                f"{np.std(avgs, ddof=1) / math.sqrt(len(avgs)) if len(avgs) > 1 else 0:.4f}")
       print(f"{tname:8s} {system:16s} KL={np.mean(kls):.4f} +- {spread:.4f} "
             f"[mc {np.mean([r['se'] for r in rs]):.4f}] "
@@ -273,7 +325,9 @@ def main(argv=None):
       if mine[best] < 3 * errors[best]:
         print(f"warning: {tname} {best}'s KL {mine[best]:.4f} is within 3 standard errors "
               f"of 0: the ratio below is not resolved")
-      ratios.append((tname, summary["tfp_iaf"] / max(mine[best], 1e-12), best))
+      fails = ", ".join(f"{k} {v}" for k, v in sorted(failed.items()) if v)
+      ratios.append((tname, summary["tfp_iaf"] / max(mine[best], 1e-12),
+                     best + (f"; non-finite runs left out: {fails}" if fails else "")))
       for system in sorted(mine):
         infos.append(f"info {tname} tfp_iaf / {system} {summary['tfp_iaf'] / mine[system]:.3f}")
       if avg_summary:

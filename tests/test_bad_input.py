@@ -275,6 +275,10 @@ API = {
     "fit_surrogate_zero_steps": (lambda m, tmp: vi.fit_surrogate(
         lambda x: -tf.reduce_sum(x ** 2, -1), m["glow"], num_steps=0), ValueError,
                                  "num_steps must be a positive integer; got 0"),
+    "fit_surrogate_unknown_estimator": (lambda m, tmp: vi.fit_surrogate(
+        lambda x: -tf.reduce_sum(x ** 2, -1), m["glow"], num_steps=1,
+        gradient_estimator="dreg"), ValueError,
+        "gradient_estimator must be one of 'auto', 'stl', 'reparameterized'; got 'dreg'"),
     "initialize_nan_batch": (lambda m, tmp: m["glow"].initialize(
         np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]])), ValueError,
                              "initialize: expected a batch of finite values"),

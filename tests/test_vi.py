@@ -72,27 +72,30 @@ def _fit_kl(target, name, num_steps, *, base_components=1, steps=400, seed=0):
 def test_elbo_approaches_log_z_on_the_banana():
   """The banana is a shear `x2 + b (x1^2 - a^2)` of a Gaussian: one affine coupling (its
   shift an MLP of `x1`) can approximate it closely, and the fitted ELBO is within a few
-  hundredths of log Z (measured KL with seeds 0, 1, 2: 0.016, 0.014, 0.096; in Glow's
-  coupling order, before `shift_side="latent"`: 0.024, 0.028, 0.043). Seed 0 is run."""
+  hundredths of log Z (measured KL with seeds 0, 1, 2, `fit_surrogate`'s default STL
+  gradient: 0.0085, 0.011, 0.011; with the reparameterised one 0.016, 0.014, 0.096; in
+  Glow's coupling order, before `shift_side="latent"`: 0.024, 0.028, 0.043). Seed 0 is
+  run."""
   target = targets.banana()
   est = _fit_kl(target, "realnvp", 1, steps=300)
   kl = est.kl(target.log_z)
   print("banana KL:", kl)
-  assert -4 * est.stderr < kl < 0.08, (kl, est.stderr)
+  assert -4 * est.stderr < kl < 0.04, (kl, est.stderr)
   assert est.log_z == pytest.approx(target.log_z, abs=0.05)
 
 
 def test_elbo_approaches_log_z_and_improves_with_depth_on_the_funnel():
   """Neal's funnel. 4 RealNVP steps (exp-scale couplings, which can contract the neck, in
-  RealNVP's order) come within a hundredth of a nat of log Z in 300 steps (KL with seeds
-  0, 1, 2: 0.007, 0.008, 0.003; in Glow's order 0.079, 0.061, 0.155); planar flows
-  improve with depth (2 maps: 1.00, 0.91, 0.91; 16 maps: 0.76, 0.58,
-  0.64)."""
+  RealNVP's order) come within a few thousandths of a nat of log Z in 300 steps (KL with
+  seeds 0, 1, 2 and `fit_surrogate`'s default STL gradient: 0.0020, 0.0005, 0.0008; with
+  the reparameterised one 0.007, 0.008, 0.003; in Glow's order 0.079, 0.061, 0.155);
+  planar flows (reparameterised gradient, "auto" for an iterative inverse) improve with
+  depth (2 maps: 1.00, 0.91, 0.91; 16 maps: 0.76, 0.58, 0.64)."""
   target = targets.funnel()
   deep = _fit_kl(target, "realnvp", 4, steps=300)
   kl_deep = deep.kl(target.log_z)
   print("funnel KL, 4 RealNVP steps:", kl_deep, deep.stderr)
-  assert -4 * deep.stderr < kl_deep < 0.05, (kl_deep, deep.stderr)    # a lower bound on log Z
+  assert -4 * deep.stderr < kl_deep < 0.01, (kl_deep, deep.stderr)    # a lower bound on log Z
   assert deep.log_z == pytest.approx(target.log_z, abs=0.1)   # importance-sampled log Z
   shallow, deeper = _fit_kl(target, "planar", 2, steps=300), _fit_kl(target, "planar", 16,
                                                                      steps=300)
@@ -104,9 +107,10 @@ def test_elbo_approaches_log_z_and_improves_with_depth_on_the_funnel():
 
 def test_mixture_base_keeps_the_modes_of_a_multimodal_target():
   """4 separated modes: a unimodal base loses some (KL about log 4 or worse); a mixture base
-  keeps them (4 RealNVP steps, 8 components; seeds 0, 1, 2: 0.46, 0.14, 0.37 against 4.45,
-  1.21, 4.30 with a unimodal base; in Glow's coupling order 0.33, 0.19, 0.22 against 1.50,
-  4.39, 1.22)."""
+  keeps them (4 RealNVP steps, 8 components; seeds 0, 1, 2: 0.23, 0.16, 0.29 against 4.45,
+  1.57, 4.30 with a unimodal base, `fit_surrogate`'s default STL gradient; reparameterised
+  0.46, 0.14, 0.37 against 4.45, 1.21, 4.30; in Glow's coupling order 0.33, 0.19, 0.22
+  against 1.50, 4.39, 1.22)."""
   target = targets.gaussian_mixture()
   unimodal = _fit_kl(target, "realnvp", 4, steps=300)
   mixture = _fit_kl(target, "realnvp", 4, base_components=8, steps=300)
@@ -210,14 +214,19 @@ def test_exp_scale_surrogate_saves_and_loads_with_its_scale(tmp_path):
 
 
 
-def _floor_kl(shift_side, *, seed, warm=6000, evals=8, every=500):
+def _floor_kl(shift_side, *, seed, warm=6000, evals=8, every=500, stl=False):
   """KL at `evals` points of a constant-rate (Adam 1e-2) fit of the funnel after `warm`
-  steps: TFP's loss in one compiled step, as a user's own loop runs it."""
+  steps: TFP's loss in one compiled step, as a user's own loop runs it (`stl`: with the
+  sticking-the-landing gradient, TFP's doubly-reparameterised estimator)."""
   keras.utils.set_random_seed(seed)
   target = targets.funnel()
   model = vi.build_surrogate("realnvp", [2], num_steps=4, hidden=32, seed=seed,
                              initial_scale=2., shift_side=shift_side)
   q, variables = model.distribution(), model.tf_trainable_variables
+  estimator = {}
+  if stl:
+    estimator = dict(gradient_estimator=tfp.vi.GradientEstimators.DOUBLY_REPARAMETERIZED,
+                     stopped_surrogate_posterior=model.distribution(stop_gradient=True))
   opt = keras.optimizers.Adam(1e-2)
   opt.build(variables)
   seeds = tf.Variable(tfp.random.sanitize_seed(seed))
@@ -227,7 +236,7 @@ def _floor_kl(shift_side, *, seed, warm=6000, evals=8, every=500):
     s, nxt = tfp.random.split_seed(seeds, 2)
     with tf.GradientTape() as tape:
       loss = tfp.vi.monte_carlo_variational_loss(target.unnormalized_log_prob, q,
-                                                 sample_size=64, seed=s)
+                                                 sample_size=64, seed=s, **estimator)
     opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
     seeds.assign(nxt)
 
@@ -254,3 +263,133 @@ def test_latent_side_shifts_keep_a_constant_rate_fit_of_the_funnel_steady():
         np.round(data, 4))
   assert latent.max() < 0.1, latent
   assert latent.mean() < 0.5 * data.mean(), (latent, data)
+
+
+# -- the sticking-the-landing gradient (a stopped copy of the surrogate) --------------------
+
+
+def _stl_surrogate(name, base_components=1, seed=0):
+  keras.utils.set_random_seed(seed)
+  model = vi.build_surrogate(name, [2], num_steps=2, hidden=8, seed=seed, initial_scale=1.5,
+                             base_components=base_components)
+  return _perturbed(model, scale=0.2, seed=seed)
+
+
+@pytest.mark.parametrize("name,components", [("realnvp", 3), ("glow", 1), ("sylvester", 1),
+                                             ("resflow", 1)])
+def test_stopped_distribution_is_the_same_density_with_no_weight_gradients(name, components):
+  """`distribution(stop_gradient=True)`: the live density's values and its gradient in `x`,
+  no gradient to any weight (flow or mixture base), and it follows later weight changes;
+  eagerly and in a compiled function."""
+  model = _stl_surrogate(name, components)
+  live, stopped = model.distribution(), model.distribution(stop_gradient=True)
+  assert {id(v) for v in stopped.trainable_variables} == {
+      id(v) for v in model.tf_trainable_variables}
+  x = tf.constant(np.random.default_rng(1).standard_normal((16, 2)).astype("float32"))
+  variables = model.tf_trainable_variables
+
+  def parts(dist):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(x)
+      lp = dist.log_prob(x)
+      total = tf.reduce_sum(lp)
+    return lp, tape.gradient(total, x), tape.gradient(total, variables)
+
+  for fn in (parts, tf.function(parts)):
+    lp, gx, gw = fn(live)
+    lp_s, gx_s, gw_s = fn(stopped)
+    np.testing.assert_allclose(lp_s.numpy(), lp.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx_s.numpy(), gx.numpy(), rtol=1e-4, atol=1e-5)
+    assert sum(g is not None and np.any(g.numpy() != 0) for g in gw) == len(variables)
+    assert all(g is None or not np.any(g.numpy()) for g in gw_s), [
+        v.name for v, g in zip(variables, gw_s) if g is not None and np.any(g.numpy())]
+  before = stopped.log_prob(x).numpy()
+  _perturbed(model, scale=0.1, seed=5)
+  np.testing.assert_allclose(stopped.log_prob(x).numpy(), live.log_prob(x).numpy(),
+                             rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(stopped.log_prob(x).numpy() - before)) > 1e-3
+
+
+def _estimator_grads(model, target_log_prob_fn, estimator, seed, n=256):
+  q = model.distribution(training=True)
+  kwargs = {}
+  if estimator == "stl":
+    kwargs = dict(gradient_estimator=tfp.vi.GradientEstimators.DOUBLY_REPARAMETERIZED,
+                  stopped_surrogate_posterior=model.distribution(training=True,
+                                                                 stop_gradient=True))
+  with tf.GradientTape() as tape:
+    loss = tfp.vi.monte_carlo_variational_loss(target_log_prob_fn, q, sample_size=n,
+                                               seed=seed, **kwargs)
+  grads = tape.gradient(loss, model.tf_trainable_variables)
+  return np.concatenate([tf.reshape(g, [-1]).numpy() for g in grads])
+
+
+def test_stl_gradient_is_zero_where_q_is_the_target():
+  """Roeder et al.'s property: with `q` equal to the target the STL gradient of every draw
+  is zero, while the reparameterised one is not (its score term has mean zero, not value
+  zero). The target is a second model with the same weights (another code path)."""
+  model = _stl_surrogate("realnvp", 3)
+  twin = _stl_surrogate("realnvp", 3)
+  twin.set_weights(model.get_weights())
+  target = twin.distribution().log_prob
+  stl = _estimator_grads(model, target, "stl", (1, 2))
+  rep = _estimator_grads(model, target, "reparameterized", (1, 2))
+  print("max |gradient| at q = p: stl", np.abs(stl).max(), "reparameterized", np.abs(rep).max())
+  assert np.abs(rep).max() > 0.05
+  assert np.abs(stl).max() < 1e-4 * np.abs(rep).max() + 1e-6
+
+
+def test_stl_gradient_has_the_reparameterized_gradients_mean():
+  """Away from the target the two estimators differ draw by draw by the score term,
+  `-grad log q(x)` at fixed `x`, whose mean is zero: over 24 batches of 512 draws from the
+  same seeds the per-coordinate mean difference is within 4.5 standard errors of zero
+  (each coordinate's t statistic, 23 degrees of freedom), and the estimators do differ."""
+  model = _stl_surrogate("realnvp", 1)
+  target = targets.banana().unnormalized_log_prob
+  diffs, reps = [], []
+  for b in range(24):
+    stl = _estimator_grads(model, target, "stl", (7, b), n=512)
+    rep = _estimator_grads(model, target, "reparameterized", (7, b), n=512)
+    diffs.append(stl - rep)
+    reps.append(rep)
+  diffs, reps = np.array(diffs, np.float64), np.array(reps, np.float64)
+  moving = np.std(diffs, axis=0) > 0
+  se = np.std(diffs[:, moving], axis=0, ddof=1) / np.sqrt(len(diffs))
+  t = np.mean(diffs[:, moving], axis=0) / se
+  print("coordinates", moving.sum(), "of", moving.size, "max |t|", np.abs(t).max())
+  assert moving.sum() > 0.5 * moving.size
+  assert np.abs(t).max() < 4.5, np.sort(np.abs(t))[-5:]
+  # the mean gradient itself is well away from zero, so the test compares something
+  assert np.abs(reps.mean(0)).max() > 10 * (np.abs(reps.std(0)).max() / np.sqrt(len(reps)))
+
+
+def test_stl_settles_closer_to_the_funnel_at_a_constant_rate():
+  """Constant Adam 1e-2 on Neal's funnel, RealNVP's order: with STL the gradient noise
+  falls as `q` nears the target, so the jitter floor does too. Measured, KL at 6 points
+  after 3,000 steps, seeds 0 and 1: reparameterised means 0.016 and 0.0096, STL 0.00002
+  and 0.0036 (one point of 0.016 among its others of at most 0.0034)."""
+  stl = np.concatenate([_floor_kl("latent", seed=s, warm=3000, evals=6, every=300, stl=True)
+                        for s in (0, 1)])
+  rep = np.concatenate([_floor_kl("latent", seed=s, warm=3000, evals=6, every=300)
+                        for s in (0, 1)])
+  print("funnel KL at a constant rate, stl / reparameterized:", np.round(stl, 5),
+        np.round(rep, 5))
+  assert stl.mean() < 0.3 * rep.mean(), (stl, rep)
+
+
+@pytest.mark.parametrize("estimator", ["stl", "reparameterized", "auto"])
+def test_fit_surrogate_gradient_estimators(estimator):
+  """Each estimator of `fit_surrogate` fits the banana (one affine coupling) and repeats
+  exactly from its seed; "auto" is STL for a coupling flow."""
+  target = targets.banana()
+  runs = []
+  for _ in range(2):
+    keras.utils.set_random_seed(0)
+    model = vi.build_surrogate("realnvp", [2], num_steps=1, hidden=16, initial_scale=2.)
+    losses = vi.fit_surrogate(target.unnormalized_log_prob, model, num_steps=300,
+                              gradient_estimator=estimator, seed=3)
+    runs.append((losses, model.get_weights()))
+  np.testing.assert_array_equal(runs[0][0], runs[1][0])
+  est = vi.elbo(target.unnormalized_log_prob, model.distribution(), num_samples=8000, seed=7)
+  print(estimator, "banana KL", est.kl(target.log_z))
+  assert -4 * est.stderr < est.kl(target.log_z) < 0.08

@@ -22,13 +22,26 @@ Typical use, with TFP's own optimiser loop::
                                             keras.optimizers.Adam(1e-2), num_steps=2000)
     estimate = tfpflows.vi.elbo(target_log_prob_fn, model.distribution())
 
-(`fit_surrogate` is that call with the optimiser built and a non-finite check.)
+(`fit_surrogate` is that call with the optimiser built and a non-finite check, and by
+default the sticking-the-landing gradient for coupling flows, below.)
+
+The sticking-the-landing gradient (Roeder, Wu & Duvenaud 2017) needs a copy of `q` whose
+weights pass no gradient: `model.distribution(training=True, stop_gradient=True)`, live
+like the other, is TFP's `stopped_surrogate_posterior`::
+
+    loss_fn = lambda: tfp.vi.monte_carlo_variational_loss(
+        target_log_prob_fn, q, sample_size=64,
+        gradient_estimator=tfp.vi.GradientEstimators.DOUBLY_REPARAMETERIZED,
+        stopped_surrogate_posterior=model.distribution(training=True, stop_gradient=True))
+    tfp.math.minimize(loss_fn, num_steps=2000, optimizer=keras.optimizers.Adam(1e-2))
 
 References:
   Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
   van den Berg et al., "Sylvester Normalizing Flows for Variational Inference", UAI 2018.
   Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow",
   NeurIPS 2016.
+  Roeder, Wu & Duvenaud, "Sticking the Landing: Simple, Lower-Variance Gradient Estimators
+  for Variational Inference", NeurIPS 2017.
 """
 
 import dataclasses
@@ -158,14 +171,36 @@ def _data_side_first(layer):
     yield from _data_side_first(inner)
 
 
+GRADIENT_ESTIMATORS = ("auto", "stl", "reparameterized")
+
+
 def fit_surrogate(target_log_prob_fn, model, *, num_steps, learning_rate=1e-2, optimizer=None,
-                  sample_size=64, seed=0, jit_compile=False, verbose=0):
+                  sample_size=64, seed=0, jit_compile=False, gradient_estimator="auto",
+                  verbose=0):
   r"""Fits `model` as a surrogate posterior of `target_log_prob_fn` by reverse KL.
 
   Each step is the one `tfp.vi.fit_surrogate_posterior` runs: the loss
   `tfp.vi.monte_carlo_variational_loss` (:math:`-\mathrm{ELBO}` from `sample_size`
   reparameterised draws of `model.distribution(training=True)`), its gradient and an
   optimiser update (`keras.optimizers.Adam(learning_rate)` unless `optimizer` is given).
+
+  The gradient, for draws :math:`x_\theta = f_\theta(z)`:
+
+  * `"stl"`, sticking the landing (Roeder, Wu & Duvenaud 2017; TFP's
+    `DOUBLY_REPARAMETERIZED` with one importance sample):
+    :math:`\nabla_\theta[\log \tilde p(x_\theta) - \log q_{\bar\theta}(x_\theta)]`,
+    :math:`\bar\theta` the weights with their gradient stopped
+    (`model.distribution(training=True, stop_gradient=True)`). It drops the score term
+    :math:`\nabla_\theta \log q_\theta(x)`, whose mean is zero, so its mean is the
+    ELBO's gradient; and it is exactly zero when `q` equals the target, so at a constant
+    learning rate the fit settles much closer to the target. Each step also evaluates
+    `log q` of its draws through the inverse of the flow: about the cost of a second pass
+    for couplings, an iterative inverse for maps placed on the sampling side (planar,
+    radial, Sylvester, residual), where `"reparameterized"` is cheaper per step.
+  * `"reparameterized"`: the plain reparameterised gradient of the ELBO estimate (what
+    `tfp.vi.fit_surrogate_posterior` runs).
+  * `"auto"` (default): `"stl"` for flows whose inverse is explicit (NICE, RealNVP, Glow),
+    `"reparameterized"` for those that would invert iteratively.
   Unlike TFP's loop it traces one step function (not the whole loop), draws step `k`'s
   samples from a stateless seed derived from `(seed, k)` (the same seed repeats the run),
   shows a progress bar with `verbose=1`, and applies no update whose loss or gradient is
@@ -177,13 +212,24 @@ def fit_surrogate(target_log_prob_fn, model, *, num_steps, learning_rate=1e-2, o
   Raises:
     NonFiniteError: a loss or gradient became NaN or infinite (the step is named; the
       weights are those before it).
-    ValueError: (one line) `num_steps` or `sample_size` not a positive integer.
+    ValueError: (one line) `num_steps` or `sample_size` not a positive integer, an
+      unknown `gradient_estimator`.
   """
   _check_positive_int("fit_surrogate", "num_steps", num_steps)
   _check_positive_int("fit_surrogate", "sample_size", sample_size)
+  if gradient_estimator not in GRADIENT_ESTIMATORS:
+    raise ValueError(f"fit_surrogate: gradient_estimator must be one of "
+                     f"{', '.join(map(repr, GRADIENT_ESTIMATORS))}; got {gradient_estimator!r}")
   if optimizer is None:
     optimizer = keras.optimizers.Adam(learning_rate)
   q = model.distribution(training=True)
+  estimator = {}
+  if gradient_estimator == "auto":
+    gradient_estimator = "reparameterized" if model._iterative() else "stl"
+  if gradient_estimator == "stl":
+    estimator = dict(gradient_estimator=tfp.vi.GradientEstimators.DOUBLY_REPARAMETERIZED,
+                     stopped_surrogate_posterior=model.distribution(training=True,
+                                                                    stop_gradient=True))
   variables = model.tf_trainable_variables
   optimizer.build(variables)
   base_seed = tfp.random.sanitize_seed(seed)
@@ -194,7 +240,8 @@ def fit_surrogate(target_log_prob_fn, model, *, num_steps, learning_rate=1e-2, o
     with tf.GradientTape(watch_accessed_variables=False) as tape:
       tape.watch(variables)
       loss = tfp.vi.monte_carlo_variational_loss(target_log_prob_fn, q,
-                                                 sample_size=int(sample_size), seed=step_seed)
+                                                 sample_size=int(sample_size), seed=step_seed,
+                                                 **estimator)
     grads = tape.gradient(loss, variables)
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads
                             if g is not None] + [tf.math.is_finite(loss)])

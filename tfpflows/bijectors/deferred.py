@@ -1,5 +1,7 @@
 """A bijector rebuilt from its weights on every use (`Deferred`): live weights for TFP code."""
 
+import contextlib
+
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
@@ -86,12 +88,17 @@ class Deferred(tfb.Bijector):
     event_ndims: rank of one event.
     variables: the `tf.Variable`s behind `build_fn`, for tracking.
     dtype: the events' dtype.
+    context: optional callable with no arguments returning a context manager, entered
+      around every build and every use (the built bijector's networks run inside it). A
+      `keras.StatelessScope` that maps each weight to `tf.stop_gradient` of its value
+      makes the bijector read the current weights with their gradients stopped, as
+      `FlowModel.distribution(stop_gradient=True)` does.
   """
 
   _cache = _PerUseCache()
 
   def __init__(self, build_fn, *, event_ndims, variables=(), dtype=tf.float32,
-               validate_args=False, name="deferred"):
+               context=None, validate_args=False, name="deferred"):
     parameters = dict(locals())
     if isinstance(variables, tf.Variable):
       raise TypeError("Deferred: variables must be a list of tf.Variables, got one "
@@ -99,8 +106,12 @@ class Deferred(tfb.Bijector):
     parameters["variables"] = tuple(variables)   # kept, so that `copy()` keeps them
     if not callable(build_fn):
       raise TypeError(f"Deferred: build_fn must be callable, got {type(build_fn).__name__}")
+    if context is not None and not callable(context):
+      raise TypeError(f"Deferred: context must be callable or None, got "
+                      f"{type(context).__name__}")
     with tf.name_scope(name) as name:
       self._build_fn = build_fn
+      self._context = context if context is not None else contextlib.nullcontext
       if isinstance(event_ndims, bool) or not isinstance(event_ndims, int) or event_ndims < 0:
         raise ValueError(f"Deferred: event_ndims must be an integer >= 0, got {event_ndims!r}")
       self._event_ndims = event_ndims
@@ -121,8 +132,13 @@ class Deferred(tfb.Bijector):
     return self._build_fn
 
   def build(self):
-    """The bijector of the current weights (a snapshot: use it at once or not at all)."""
-    return self._build_fn()
+    """The bijector of the current weights (a snapshot: use it at once or not at all).
+
+    Built inside `context` (if any), but not used there: with a `context`, use the
+    `Deferred` itself.
+    """
+    with self._context():
+      return self._build_fn()
 
   def _built(self, attrs, t, side):
     """`(bijector, t_)` of one cache edge, `side` "x" or "y" being the side of `t`.
@@ -142,17 +158,21 @@ class Deferred(tfb.Bijector):
     return bijector, (first if side == first_side else t)
 
   def _forward(self, x):
-    bijector, x_ = self._built(self._cache.forward_attributes(x), x, "x")
-    return bijector.forward(x_)
+    with self._context():
+      bijector, x_ = self._built(self._cache.forward_attributes(x), x, "x")
+      return bijector.forward(x_)
 
   def _inverse(self, y):
-    bijector, y_ = self._built(self._cache.inverse_attributes(y), y, "y")
-    return bijector.inverse(y_)
+    with self._context():
+      bijector, y_ = self._built(self._cache.inverse_attributes(y), y, "y")
+      return bijector.inverse(y_)
 
   def _forward_log_det_jacobian(self, x):
-    bijector, x_ = self._built(self._cache.forward_attributes(x), x, "x")
-    return bijector.forward_log_det_jacobian(x_, event_ndims=self._event_ndims)
+    with self._context():
+      bijector, x_ = self._built(self._cache.forward_attributes(x), x, "x")
+      return bijector.forward_log_det_jacobian(x_, event_ndims=self._event_ndims)
 
   def _inverse_log_det_jacobian(self, y):
-    bijector, y_ = self._built(self._cache.inverse_attributes(y), y, "y")
-    return bijector.inverse_log_det_jacobian(y_, event_ndims=self._event_ndims)
+    with self._context():
+      bijector, y_ = self._built(self._cache.inverse_attributes(y), y, "y")
+      return bijector.inverse_log_det_jacobian(y_, event_ndims=self._event_ndims)

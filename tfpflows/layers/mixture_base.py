@@ -55,13 +55,23 @@ class GaussianMixtureBase(keras.layers.Layer):
         initializer=const(np.full((self.num_components, self.dim), np.log(init_scale),
                                   "float32")), name="log_scale")
 
-  def distribution(self, temperature=1.0, reparameterize=False):
-    """The mixture over `[D]` events, reading the current weights at each use."""
+  def distribution(self, temperature=1.0, reparameterize=False, stop_gradient=False):
+    """The mixture over `[D]` events, reading the current weights at each use.
+
+    `stop_gradient=True`: every weight read with its gradient stopped (still live).
+    """
     t = tf.cast(temperature, tf.float32)
-    scale = tfp.util.DeferredTensor(tf_variable(self.log_scale), lambda s: t * tf.exp(s))
-    components = tfd.Independent(tfd.Normal(tf_variable(self.loc), scale),
-                                 reinterpreted_batch_ndims=1)
-    return tfd.MixtureSameFamily(tfd.Categorical(logits=tf_variable(self.logits)),
+    if stop_gradient:
+      scale_fn = lambda s: t * tf.exp(tf.stop_gradient(s))   # noqa: E731
+    else:
+      scale_fn = lambda s: t * tf.exp(s)   # noqa: E731
+    scale = tfp.util.DeferredTensor(tf_variable(self.log_scale), scale_fn)
+    loc, logits = tf_variable(self.loc), tf_variable(self.logits)
+    if stop_gradient:
+      loc = tfp.util.DeferredTensor(loc, tf.stop_gradient)
+      logits = tfp.util.DeferredTensor(logits, tf.stop_gradient)
+    components = tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+    return tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
                                  components, reparameterize=bool(reparameterize),
                                  name="mixture_base")
 

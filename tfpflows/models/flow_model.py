@@ -88,7 +88,7 @@ class FlowModel(keras.Model):
       return tfb.Identity()
     return tfb.Chain([tfb.Scale(256.), tfb.Shift(0.5)], name="pixels")
 
-  def bijector(self, training=False):
+  def bijector(self, training=False, stop_gradient=False):
     """The flow as a live `tfb.Bijector`, latent -> data in `forward` (pixel scaling included).
 
     Live: the bijector is rebuilt from the current weights each time it is used
@@ -100,10 +100,24 @@ class FlowModel(keras.Model):
     `training=True` gives the training setting of stochastic layers (residual blocks'
     log-det estimator, with a fresh seed at every use); the default is the evaluation
     setting.
+
+    `stop_gradient=True`: the same map and log-dets of the current weights, with no
+    gradient to any weight (each is read as `tf.stop_gradient` of its value, inside a
+    `keras.StatelessScope`, which also keeps state updates such as power iterations from
+    being written); gradients to the bijector's inputs are unchanged. What
+    `tfp.vi`'s `stopped_surrogate_posterior` needs (see `distribution`).
     """
+    context = self._stopped_weights if stop_gradient else None
     return bijectors.Deferred(lambda: self.snapshot_bijector(training=training),
                               event_ndims=len(self.event_shape), variables=self.tf_variables,
-                              name="flow")
+                              context=context,
+                              name="flow_stopped" if stop_gradient else "flow")
+
+  def _stopped_weights(self):
+    """A `keras.StatelessScope` in which every weight reads as its value, gradient stopped."""
+    return keras.StatelessScope(state_mapping=[
+        (w, tf.stop_gradient(tf.convert_to_tensor(v)))
+        for w, v in zip(self.weights, self.tf_variables)])
 
   def snapshot_bijector(self, training=False):
     """`tfb.Chain([pixel scaling, flow])` built from the weights' values *now*.
@@ -136,8 +150,8 @@ class FlowModel(keras.Model):
     """Shape of one latent event (`encode`'s output): the data's shape (checked by `build`)."""
     return self.event_shape
 
-  def distribution(self, temperature=1.0, training=False, name=None):
-    """`tfd.TransformedDistribution(base, bijector())`: live, like `bijector()`.
+  def distribution(self, temperature=1.0, training=False, name=None, stop_gradient=False):
+    r"""`tfd.TransformedDistribution(base, bijector())`: live, like `bijector()`.
 
     The base is `N(0, T^2 I)` (or the model's learnable `base`, its scales times `T`).
     Built once, the distribution reads the current weights at every `log_prob`, `sample`
@@ -145,10 +159,29 @@ class FlowModel(keras.Model):
     (`tf_trainable_variables`). `training=True` is the setting to optimise: residual
     blocks' unbiased log-det estimator, a mixture base's reparameterised samples. `name`
     (default: TFP's) is what a `JointDistribution` refers to it by.
+
+    `stop_gradient=True`: the same distribution, still live, with every weight's gradient
+    stopped (flow and base), so `log_prob(x)` differentiates only through `x`. This is
+    `tfp.vi`'s `stopped_surrogate_posterior`, for the sticking-the-landing gradient
+    (Roeder et al. 2017) :math:`\nabla_\theta[\log \tilde p(x_\theta) -
+    \log q_{\bar\theta}(x_\theta)]`, :math:`x_\theta = f_\theta(z)`, which drops the
+    score term :math:`-\nabla_\theta \log q_\theta(x)|_x` (mean zero, but noisy) and is
+    exactly zero when `q` equals the target::
+
+        loss = tfp.vi.monte_carlo_variational_loss(
+            target_log_prob_fn, model.distribution(training=True), sample_size=64,
+            gradient_estimator=tfp.vi.GradientEstimators.DOUBLY_REPARAMETERIZED,
+            stopped_surrogate_posterior=model.distribution(training=True,
+                                                           stop_gradient=True))
+
+    (`tfpflows.vi.fit_surrogate(..., gradient_estimator="stl")` runs it.) Its `log_prob`
+    of a sample inverts the flow: explicit for couplings, iterative for maps placed on the
+    sampling side.
     """
-    bijector = self.bijector(training=training)
+    bijector = self.bijector(training=training, stop_gradient=stop_gradient)
     if self.base is not None:
-      base = self.base.distribution(temperature, reparameterize=training)
+      base = self.base.distribution(temperature, reparameterize=training,
+                                    stop_gradient=stop_gradient)
     else:
       base = tfd.Sample(tfd.Normal(tf.zeros([], tf.float32),
                                    tf.cast(temperature, tf.float32)),
