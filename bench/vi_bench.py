@@ -50,7 +50,10 @@ seeds' spread, and the mean of the per-seed Monte Carlo errors), steps/s, and at
 
     ratio vi_kl_vs_tfp_iaf_<target> VALUE   # TFP IAF's mean KL / our best family's
 
-(targets: >= 1.5 on `mixture`, >= 1.0 on the others). Run on a quiet machine: systems
+(targets: >= 1.5 on `mixture`, >= 1.0 on the others). A run whose surrogate goes
+non-finite is stopped, printed with KL=inf and counted in the summary, and left out of its
+system's means; a system of ours with such a run is not a candidate for the ratio, and a
+target where every IAF run failed (or each of ours had a failure) gets no ratio. Run on a quiet machine: systems
 alternate seed by seed so that drift hits them alike; `other_cores` is the CPU other jobs
 used during each timed run.
 """
@@ -177,7 +180,7 @@ def run(system, target, args, seed):
   # --avg-points: KL at evenly spaced times of the budget's second half, the clock paused
   points = [args.budget * (0.5 + 0.5 * (i + 1) / args.avg_points)
             for i in range(args.avg_points)][:-1]
-  path_kls, paused = [], 0.
+  path_kls, paused, failed = [], 0., False
   steps, t0 = 0, time.perf_counter()
   while (elapsed := time.perf_counter() - t0 - paused) < args.budget:
     loss = step(tf.constant(elapsed / args.budget, tf.float32))
@@ -189,17 +192,18 @@ def run(system, target, args, seed):
                       seed + 3000 + len(path_kls))
       paused += time.perf_counter() - t_eval
       if est is None:   # the surrogate went non-finite: the run has failed, stop it
+        failed = True
         break
       path_kls.append(est.kl(target.log_z))
   float(loss)
   elapsed = time.perf_counter() - t0 - paused
   other = foreign_cores(probe, os.getpid())
-  est = _estimate(target, q_eval, args.eval_samples, seed + 2000)
+  est = None if failed else _estimate(target, q_eval, args.eval_samples, seed + 2000)
   if est is None:
-    kl, se, log_z = math.inf, float("nan"), float("nan")
+    failed, kl, se, log_z = True, math.inf, float("nan"), float("nan")
   else:
     kl, se, log_z = est.kl(target.log_z), est.stderr, est.log_z
-  return dict(kl=kl, se=se, steps=steps, steps_s=steps / elapsed,
+  return dict(kl=kl, se=se, failed=failed, steps=steps, steps_s=steps / elapsed,
               compile_s=compile_s, params=_count(variables), other=other,
               log_z_is=log_z,
               avg_kl=float(np.mean(path_kls + [kl])) if args.avg_points else float("nan"))
@@ -299,9 +303,11 @@ def main(argv=None):
     for (t, system), rs in results.items():
       if t != tname:
         continue
-      # a run whose surrogate went non-finite is counted and left out of the means
-      failed[system] = sum(not np.isfinite(r["kl"]) for r in rs)
-      rs = [r for r in rs if np.isfinite(r["kl"])] or rs
+      # a run whose surrogate went non-finite is counted and left out of the means; a system
+      # of ours with such a run is not a candidate for the ratio, and an IAF whose every
+      # run failed gives no ratio
+      failed[system] = sum(r["failed"] for r in rs)
+      rs = [r for r in rs if not r["failed"]] or rs
       kls = np.array([r["kl"] for r in rs])
       spread = float(np.std(kls, ddof=1) / math.sqrt(len(kls))) if len(kls) > 1 else float("nan")
       summary[system] = float(np.mean(kls))
@@ -319,8 +325,12 @@ def main(argv=None):
             f"[mc {np.mean([r['se'] for r in rs]):.4f}] "
             f"steps/s={np.median([r['steps_s'] for r in rs]):.1f} params={rs[0]['params']}"
             + avg)
-    mine = {s: v for s, v in summary.items() if s.startswith("ours")}
-    if "tfp_iaf" in summary and mine:
+    mine = {s: v for s, v in summary.items() if s.startswith("ours") and not failed[s]}
+    if "tfp_iaf" in summary and failed["tfp_iaf"] == len(results[(tname, "tfp_iaf")]):
+      print(f"warning: {tname}: every tfp_iaf run went non-finite: no ratio")
+    elif "tfp_iaf" in summary and not mine:
+      print(f"warning: {tname}: each of our systems had a non-finite run: no ratio")
+    elif "tfp_iaf" in summary and mine:
       best = min(mine, key=mine.get)
       if mine[best] < 3 * errors[best]:
         print(f"warning: {tname} {best}'s KL {mine[best]:.4f} is within 3 standard errors "
@@ -331,7 +341,7 @@ def main(argv=None):
       for system in sorted(mine):
         infos.append(f"info {tname} tfp_iaf / {system} {summary['tfp_iaf'] / mine[system]:.3f}")
       if avg_summary:
-        mine_avg = {s: v for s, v in avg_summary.items() if s.startswith("ours")}
+        mine_avg = {s: v for s, v in avg_summary.items() if s in mine}
         best_avg = min(mine_avg, key=mine_avg.get)
         infos.append(f"info {tname} time-averaged KL, tfp_iaf / {best_avg} "
                      f"{avg_summary['tfp_iaf'] / max(mine_avg[best_avg], 1e-12):.3f}   "

@@ -226,6 +226,12 @@ def test_sticking_the_landing_trains_every_weight(name):
         gradient_estimator=tfp.vi.GradientEstimators.DOUBLY_REPARAMETERIZED,
         stopped_surrogate_posterior=stopped)
 
+  # The stopped copy alone passes no gradient to any weight (so the gradients below are
+  # the path derivative's, through the live draws).
+  x = tf.constant([[0.3, -0.2], [1.1, 0.4]])
+  with tf.GradientTape() as tape:
+    lp = tf.reduce_sum(stopped.log_prob(x))
+  assert all(g is None or not np.any(g.numpy()) for g in tape.gradient(lp, variables))
   before = _values(model)
   losses = tfp.math.minimize(loss, num_steps=2, optimizer=keras.optimizers.Adam(1e-2),
                              trainable_variables=variables)

@@ -275,14 +275,20 @@ def _stl_surrogate(name, base_components=1, seed=0):
   return _perturbed(model, scale=0.2, seed=seed)
 
 
+@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("name,components", [("realnvp", 3), ("glow", 1), ("sylvester", 1),
                                              ("resflow", 1)])
-def test_stopped_distribution_is_the_same_density_with_no_weight_gradients(name, components):
+def test_stopped_distribution_is_the_same_density_with_no_weight_gradients(name, components,
+                                                                         training):
   """`distribution(stop_gradient=True)`: the live density's values and its gradient in `x`,
   no gradient to any weight (flow or mixture base), and it follows later weight changes;
-  eagerly and in a compiled function."""
+  eagerly and in a compiled function; in the evaluation setting and in the training one
+  (what STL uses; residual blocks' stochastic log-det, so their values are compared in the
+  evaluation setting only)."""
   model = _stl_surrogate(name, components)
-  live, stopped = model.distribution(), model.distribution(stop_gradient=True)
+  live = model.distribution(training=training)
+  stopped = model.distribution(training=training, stop_gradient=True)
+  exact = not (training and name == "resflow")
   assert {id(v) for v in stopped.trainable_variables} == {
       id(v) for v in model.tf_trainable_variables}
   x = tf.constant(np.random.default_rng(1).standard_normal((16, 2)).astype("float32"))
@@ -298,11 +304,15 @@ def test_stopped_distribution_is_the_same_density_with_no_weight_gradients(name,
   for fn in (parts, tf.function(parts)):
     lp, gx, gw = fn(live)
     lp_s, gx_s, gw_s = fn(stopped)
-    np.testing.assert_allclose(lp_s.numpy(), lp.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(gx_s.numpy(), gx.numpy(), rtol=1e-4, atol=1e-5)
+    if exact:
+      np.testing.assert_allclose(lp_s.numpy(), lp.numpy(), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(gx_s.numpy(), gx.numpy(), rtol=1e-4, atol=1e-5)
+    assert np.all(np.isfinite(lp_s.numpy())) and np.all(np.isfinite(gx_s.numpy()))
     assert sum(g is not None and np.any(g.numpy() != 0) for g in gw) == len(variables)
     assert all(g is None or not np.any(g.numpy()) for g in gw_s), [
         v.name for v, g in zip(variables, gw_s) if g is not None and np.any(g.numpy())]
+  if not exact:
+    return
   before = stopped.log_prob(x).numpy()
   _perturbed(model, scale=0.1, seed=5)
   np.testing.assert_allclose(stopped.log_prob(x).numpy(), live.log_prob(x).numpy(),
@@ -367,29 +377,36 @@ def test_stl_settles_closer_to_the_funnel_at_a_constant_rate():
   """Constant Adam 1e-2 on Neal's funnel, RealNVP's order: with STL the gradient noise
   falls as `q` nears the target, so the jitter floor does too. Measured, KL at 6 points
   after 3,000 steps, seeds 0 and 1: reparameterised means 0.016 and 0.0096, STL 0.00002
-  and 0.0036 (one point of 0.016 among its others of at most 0.0034)."""
+  and 0.0036 (one point of 0.016 among its others of at most 0.0034); medians of the 12
+  points 0.011 and 0.0002. The medians are compared: single spikes do not decide it."""
   stl = np.concatenate([_floor_kl("latent", seed=s, warm=3000, evals=6, every=300, stl=True)
                         for s in (0, 1)])
   rep = np.concatenate([_floor_kl("latent", seed=s, warm=3000, evals=6, every=300)
                         for s in (0, 1)])
   print("funnel KL at a constant rate, stl / reparameterized:", np.round(stl, 5),
         np.round(rep, 5))
-  assert stl.mean() < 0.3 * rep.mean(), (stl, rep)
+  assert np.median(stl) < 0.2 * np.median(rep), (stl, rep)
 
 
 @pytest.mark.parametrize("estimator", ["stl", "reparameterized", "auto"])
 def test_fit_surrogate_gradient_estimators(estimator):
   """Each estimator of `fit_surrogate` fits the banana (one affine coupling) and repeats
-  exactly from its seed; "auto" is STL for a coupling flow."""
+  exactly from its seed; "auto" is STL for a coupling flow (the same losses)."""
   target = targets.banana()
-  runs = []
-  for _ in range(2):
+
+  def fit(name):
     keras.utils.set_random_seed(0)
     model = vi.build_surrogate("realnvp", [2], num_steps=1, hidden=16, initial_scale=2.)
     losses = vi.fit_surrogate(target.unnormalized_log_prob, model, num_steps=300,
-                              gradient_estimator=estimator, seed=3)
-    runs.append((losses, model.get_weights()))
-  np.testing.assert_array_equal(runs[0][0], runs[1][0])
+                              gradient_estimator=name, seed=3)
+    return losses, model
+
+  (losses, model), (again, _) = fit(estimator), fit(estimator)
+  np.testing.assert_array_equal(losses, again)
+  if estimator == "auto":
+    np.testing.assert_array_equal(losses, fit("stl")[0])
+  if estimator == "stl":
+    assert not np.array_equal(losses, fit("reparameterized")[0])
   est = vi.elbo(target.unnormalized_log_prob, model.distribution(), num_samples=8000, seed=7)
   print(estimator, "banana KL", est.kl(target.log_z))
   assert -4 * est.stderr < est.kl(target.log_z) < 0.08

@@ -179,10 +179,13 @@ def fit_surrogate(target_log_prob_fn, model, *, num_steps, learning_rate=1e-2, o
                   verbose=0):
   r"""Fits `model` as a surrogate posterior of `target_log_prob_fn` by reverse KL.
 
-  Each step is the one `tfp.vi.fit_surrogate_posterior` runs: the loss
-  `tfp.vi.monte_carlo_variational_loss` (:math:`-\mathrm{ELBO}` from `sample_size`
-  reparameterised draws of `model.distribution(training=True)`), its gradient and an
-  optimiser update (`keras.optimizers.Adam(learning_rate)` unless `optimizer` is given).
+  Each step is the one `tfp.vi.fit_surrogate_posterior` runs, with the gradient estimator
+  chosen below: the loss `tfp.vi.monte_carlo_variational_loss` (:math:`-\mathrm{ELBO}`
+  from `sample_size` reparameterised draws of `model.distribution(training=True)`), its
+  gradient and an optimiser update (`keras.optimizers.Adam(learning_rate)` unless
+  `optimizer` is given). Before 2026-12-08 every model got the reparameterised gradient;
+  the default `"auto"` now gives coupling flows STL, so a seeded run of one repeats
+  differently from then (pass `gradient_estimator="reparameterized"` for the old step).
 
   The gradient, for draws :math:`x_\theta = f_\theta(z)`:
 

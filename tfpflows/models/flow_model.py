@@ -52,7 +52,8 @@ class FlowModel(keras.Model):
     spec: the `build_flow` arguments, used by `get_config` for `model.save`.
     base: optional Keras layer with a `distribution(temperature, reparameterize)` method
       (`tfpflows.layers.GaussianMixtureBase`) replacing the standard normal base; its
-      weights train with the flow's.
+      weights train with the flow's. `distribution(stop_gradient=True)` also passes it
+      `stop_gradient=True` (a live copy with its weights' gradients stopped).
   """
 
   def __init__(self, flow, event_shape, *, image=False, spec=None, base=None, **kwargs):
@@ -105,7 +106,12 @@ class FlowModel(keras.Model):
     gradient to any weight (each is read as `tf.stop_gradient` of its value, inside a
     `keras.StatelessScope`, which also keeps state updates such as power iterations from
     being written); gradients to the bijector's inputs are unchanged. What
-    `tfp.vi`'s `stopped_surrogate_posterior` needs (see `distribution`).
+    `tfp.vi`'s `stopped_surrogate_posterior` needs (see `distribution`). With
+    `training=True` the stochastic log-det of residual blocks draws from the seed state as
+    it stands (the scope discards the seed's advance too), so repeated uses between two
+    uses of the live copy repeat one draw; each live use moves it on. Use the `Deferred`
+    itself: its `build()` returns a bijector whose networks read the live weights when
+    used outside the scope.
     """
     context = self._stopped_weights if stop_gradient else None
     return bijectors.Deferred(lambda: self.snapshot_bijector(training=training),
@@ -116,8 +122,7 @@ class FlowModel(keras.Model):
   def _stopped_weights(self):
     """A `keras.StatelessScope` in which every weight reads as its value, gradient stopped."""
     return keras.StatelessScope(state_mapping=[
-        (w, tf.stop_gradient(tf.convert_to_tensor(v)))
-        for w, v in zip(self.weights, self.tf_variables)])
+        (w, tf.stop_gradient(tf.convert_to_tensor(tf_variable(w)))) for w in self.weights])
 
   def snapshot_bijector(self, training=False):
     """`tfb.Chain([pixel scaling, flow])` built from the weights' values *now*.
@@ -180,8 +185,9 @@ class FlowModel(keras.Model):
     """
     bijector = self.bijector(training=training, stop_gradient=stop_gradient)
     if self.base is not None:
-      base = self.base.distribution(temperature, reparameterize=training,
-                                    stop_gradient=stop_gradient)
+      # a custom base that follows the two-argument protocol keeps working unstopped
+      extra = {"stop_gradient": True} if stop_gradient else {}
+      base = self.base.distribution(temperature, reparameterize=training, **extra)
     else:
       base = tfd.Sample(tfd.Normal(tf.zeros([], tf.float32),
                                    tf.cast(temperature, tf.float32)),
