@@ -1,10 +1,12 @@
 """PNG figures of flows: 2D densities `exp(log p)` on a grid, 2D samples, image grids.
 
 Uses matplotlib's Agg backend (no display needed). Every function writes one PNG to `path`
-and returns `path`.
+and returns `path`: the folder is created if missing, and the file appears whole (written
+beside it under a temporary name, then renamed), so a reader never sees half a PNG.
 """
 
 import math
+import os
 
 import matplotlib
 
@@ -13,6 +15,21 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np
 
 DEFAULT_BOUNDS = ((-4.0, 4.0), (-4.0, 4.0))
+
+
+def _save(fig, path):
+  """`fig` to `path` atomically: written as `.NAME.tmp-PID.EXT` beside it, then renamed."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  base, ext = os.path.splitext(os.path.basename(path))
+  tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}{ext}")
+  try:
+    fig.savefig(tmp, dpi=100, format=ext.lstrip(".").lower() or "png")
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def _numpy(x):
@@ -66,8 +83,7 @@ def plot_density_2d(log_prob_fn, path, *, bounds=None, reference=None, grid_size
   ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xlim=(x0, x1), ylim=(y0, y1))
   ax.set_aspect("equal")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -97,8 +113,7 @@ def plot_density_panels(log_prob_fns, path, *, titles, bounds=None, grid_size=20
     ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", xlim=(x0, x1), ylim=(y0, y1))
     ax.set_aspect("equal")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -123,10 +138,10 @@ def plot_curve(values, path, *, ylabel, xlabel="step", reference=None, reference
     pad = 0.1 * max(hi - lo, 1e-3)
     ax.set_ylim(lo - pad, hi + pad)
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-  ax.legend(loc="lower right")
+  if ax.get_legend_handles_labels()[0]:   # a short curve without a reference has no labels
+    ax.legend(loc="lower right")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -152,8 +167,7 @@ def plot_samples_2d(samples, path, *, reference=None, bounds=None, title="model 
            xlim=(x0, x1), ylim=(y0, y1))
     ax.set_aspect("equal")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -199,6 +213,5 @@ def save_image_grid(images, path, *, title=None, ncols=None):
   if isinstance(images, dict) and title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
