@@ -124,24 +124,26 @@ def make(system, args, seed):
   stl = args.gradient_estimator == "stl"
   if system == "tfp_iaf":
     q, q_eval, variables = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
-    stopped, copies = None, []
-    if stl:
-      stopped, _, copies = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
-    return q, q_eval, variables, stopped, list(zip(copies, variables))
+    stopped, pairs = _stopped_iaf(q, args, seed) if stl else (None, [])
+    return q, q_eval, variables, stopped, pairs
   if system == "tfp_iaf_mixbase":
     keras.utils.set_random_seed(seed)
     base_layer = GaussianMixtureBase(2, max(args.k, 2), seed=seed)
     q, _, variables = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed,
                           base=base_layer.distribution(reparameterize=True))
     q_eval = tfd.TransformedDistribution(base_layer.distribution(), q.bijector)
-    stopped, pairs = None, []
-    if stl:
-      made, _, _ = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
-      stopped = tfd.TransformedDistribution(
-          base_layer.distribution(reparameterize=True, stop_gradient=True), made.bijector)
-      pairs = list(zip(made.bijector.trainable_variables, q.bijector.trainable_variables))
+    stopped, pairs = (_stopped_iaf(q, args, seed, base_layer.distribution(
+        reparameterize=True, stop_gradient=True)) if stl else (None, []))
     return q, q_eval, variables, stopped, pairs
   return ours(system, args, seed)
+
+
+def _stopped_iaf(q, args, seed, base=None):
+  """A second IAF of `q`'s shape (on `base`, default the standard normal) and the pairs
+  `(its variable, q's flow variable)` that each step assigns."""
+  copy, _, _ = iaf(args.iaf_layers, args.iaf_hidden, args.initial_scale, seed)
+  stopped = copy if base is None else tfd.TransformedDistribution(base, copy.bijector)
+  return stopped, list(zip(copy.bijector.trainable_variables, q.bijector.trainable_variables))
 
 
 def run(system, target, args, seed):

@@ -554,13 +554,12 @@ def _write_samples(samples, output_dir, data, title):
   if data.is_image:
     path = os.path.join(output_dir, f"{SAMPLES_FILE}.png")
     panels = {f"T={t:g}": s for t, s in samples.items()}
-    return [_replace_into(path, lambda tmp: plotting.save_image_grid(
-        panels, tmp, title=f"samples: {title}"))]
+    return [plotting.save_image_grid(panels, path, title=f"samples: {title}")]  # atomic
   paths = []
   for t, s in samples.items():
     path = os.path.join(output_dir, f"{SAMPLES_FILE}_T{t:g}.png")
-    paths.append(_replace_into(path, lambda tmp, s=s, t=t: plotting.plot_samples_2d(
-        s, tmp, reference=data.reference, title=f"samples at T={t:g}: {title}")))
+    paths.append(plotting.plot_samples_2d(s, path, reference=data.reference,
+                                          title=f"samples at T={t:g}: {title}"))
   return paths
 
 
