@@ -279,6 +279,14 @@ API = {
         lambda x: -tf.reduce_sum(x ** 2, -1), m["glow"], num_steps=1,
         gradient_estimator="dreg"), ValueError,
         "gradient_estimator must be one of 'auto', 'stl', 'reparameterized'; got 'dreg'"),
+    "live_distribution_wrong_event_shape": (
+        lambda m, tmp: m["glow"].distribution().log_prob(np.zeros([3, 5], "float32")),
+        ValueError, "flow: expected events of shape [2], i.e. an input of shape [..., 2]; "
+                    "got shape [3, 5]"),
+    "stopped_distribution_wrong_event_shape": (
+        lambda m, tmp: m["resflow"].distribution(stop_gradient=True).log_prob(
+            np.zeros([4, 3], "float32")),
+        ValueError, "flow_stopped: expected events of shape [2]"),
     "initialize_nan_batch": (lambda m, tmp: m["glow"].initialize(
         np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]])), ValueError,
                              "initialize: expected a batch of finite values"),

@@ -410,3 +410,21 @@ def test_fit_surrogate_gradient_estimators(estimator):
   est = vi.elbo(target.unnormalized_log_prob, model.distribution(), num_samples=8000, seed=7)
   print(estimator, "banana KL", est.kl(target.log_z))
   assert -4 * est.stderr < est.kl(target.log_z) < 0.08
+
+
+def test_deferred_refuses_events_of_another_shape_in_one_line():
+  """`Deferred(event_shape=...)` checks static trailing dimensions before building; the
+  event shape must have `event_ndims` dimensions; unknown dimensions pass."""
+  with pytest.raises(ValueError, match=r"event_shape \[2, 3\] must have event_ndims = 1"):
+    bijectors.Deferred(lambda: tfb.Identity(), event_ndims=1, event_shape=[2, 3])
+  built = []
+  b = bijectors.Deferred(lambda: built.append(1) or tfb.Shift([1., 2.]), event_ndims=1,
+                         event_shape=[2], name="shifted")
+  with pytest.raises(ValueError, match=r"^shifted: expected events of shape \[2\], i\.e\. an "
+                                       r"input of shape \[\.\.\., 2\]; got shape \[4, 3\]$"):
+    b.forward(tf.zeros([4, 3]))
+  assert not built
+  np.testing.assert_allclose(b.forward(tf.zeros([4, 2])).numpy(), [[1., 2.]] * 4)
+  unknown = tf.function(lambda x: b.inverse(x),
+                        input_signature=[tf.TensorSpec([None, None])])
+  np.testing.assert_allclose(unknown(tf.ones([1, 2])).numpy(), [[0., -1.]])

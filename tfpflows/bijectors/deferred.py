@@ -93,12 +93,15 @@ class Deferred(tfb.Bijector):
       `keras.StatelessScope` that maps each weight to `tf.stop_gradient` of its value
       makes the bijector read the current weights with their gradients stopped, as
       `FlowModel.distribution(stop_gradient=True)` does.
+    event_shape: optional shape of one event (length `event_ndims`): inputs whose static
+      trailing dimensions differ are refused with a one-line `ValueError` before anything
+      is built (TFP's distributions pass any shape through to the networks).
   """
 
   _cache = _PerUseCache()
 
   def __init__(self, build_fn, *, event_ndims, variables=(), dtype=tf.float32,
-               context=None, validate_args=False, name="deferred"):
+               context=None, event_shape=None, validate_args=False, name="deferred"):
     parameters = dict(locals())
     if isinstance(variables, tf.Variable):
       raise TypeError("Deferred: variables must be a list of tf.Variables, got one "
@@ -115,6 +118,10 @@ class Deferred(tfb.Bijector):
       if isinstance(event_ndims, bool) or not isinstance(event_ndims, int) or event_ndims < 0:
         raise ValueError(f"Deferred: event_ndims must be an integer >= 0, got {event_ndims!r}")
       self._event_ndims = event_ndims
+      self._event_shape = None if event_shape is None else tuple(event_shape)
+      if self._event_shape is not None and len(self._event_shape) != event_ndims:
+        raise ValueError(f"Deferred: event_shape {list(self._event_shape)} must have "
+                         f"event_ndims = {event_ndims} dimensions")
       self._tracked = tuple(variables)
       for v in self._tracked:
         if not isinstance(v, tf.Variable):
@@ -153,9 +160,22 @@ class Deferred(tfb.Bijector):
     """
     built = attrs.get(_BUILT)
     if built is None:
+      self._check_event_shape(t)
       built = attrs[_BUILT] = (self._build_fn(), tf.identity(t), side)
     bijector, first, first_side = built
     return bijector, (first if side == first_side else t)
+
+  def _check_event_shape(self, t):
+    if self._event_shape is None or t.shape.rank is None:
+      return
+    k = len(self._event_shape)
+    trailing = tuple(t.shape[t.shape.rank - k:]) if t.shape.rank >= k else None
+    if trailing is None or any(d is not None and d != e
+                               for d, e in zip(trailing, self._event_shape)):
+      raise ValueError(f"{self.name}: expected events of shape {list(self._event_shape)}, "
+                       f"i.e. an input of shape [..., "
+                       f"{', '.join(map(str, self._event_shape))}]; got shape "
+                       f"{t.shape.as_list()}")
 
   def _forward(self, x):
     with self._context():

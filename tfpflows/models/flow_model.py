@@ -116,7 +116,7 @@ class FlowModel(keras.Model):
     context = self._stopped_weights if stop_gradient else None
     return bijectors.Deferred(lambda: self.snapshot_bijector(training=training),
                               event_ndims=len(self.event_shape), variables=self.tf_variables,
-                              context=context,
+                              context=context, event_shape=self.event_shape,
                               name="flow_stopped" if stop_gradient else "flow")
 
   def _stopped_weights(self):
